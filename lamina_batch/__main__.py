@@ -1,0 +1,7 @@
+"""`python -m lamina_batch`: the same entry point as the `lamina-batch` command."""
+
+import sys
+
+from lamina_batch.cli import main
+
+sys.exit(main())

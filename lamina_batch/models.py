@@ -1,0 +1,313 @@
+"""Frozen value types shared across layers: the parsed pipeline, planned runs, API answers, manifest states.
+
+Modules import these instead of passing dicts around; TypedDicts appear only at the wire/JSON edge (client, emulator).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Dialect = Literal["runs", "executions"]
+
+
+# --------------------------------------------------------------------------- the pipeline spec (DESIGN.md §1)
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A request rate such as 90/min: `count` requests per `per_seconds` seconds."""
+
+    count: float
+    per_seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.per_seconds
+
+    def __str__(self) -> str:
+        unit = {1.0: "s", 60.0: "min", 3600.0: "h"}.get(self.per_seconds)
+        n = int(self.count) if float(self.count).is_integer() else self.count
+        return f"{n}/{unit}" if unit else f"{n}/{self.per_seconds}s"
+
+
+@dataclass(frozen=True)
+class FailureLimit:
+    """`max_failures`: a share of finished runs (judged once `min_finished` have finished) or a count."""
+
+    fraction: float | None = 0.2
+    count: int | None = None
+    min_finished: int = 20
+
+    def exceeded(self, failed: int, finished: int) -> bool:
+        if self.count is not None:
+            return failed > self.count
+        if self.fraction is not None and finished >= self.min_finished:
+            return failed / finished > self.fraction
+        return False
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """Webhook mode: the public URL Lamina posts to and the local address the receiver listens on."""
+
+    url: str
+    listen: str = "127.0.0.1:8787"
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The `run:` block; command-line flags override it field by field (dataclasses.replace)."""
+
+    concurrency: int = 8
+    rate_limit: Rate = Rate(90, 60)
+    poll_interval: float = 4.0
+    timeout: float = 1800.0
+    retries: int = 0
+    max_failures: FailureLimit = FailureLimit()
+    max_starts: int | None = None
+    webhook: WebhookSettings | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One `steps[]` entry. `inputs` maps parameter name to a template string or a literal (number/bool)."""
+
+    id: str
+    app: str
+    inputs: Mapping[str, Any]
+    outputs: tuple[str, ...] | None = None
+    needs: tuple[str, ...] = ()
+    concurrency: int | None = None
+    line: int | None = None  # line of the step in the pipeline file, for messages
+
+
+@dataclass(frozen=True)
+class MatrixSpec:
+    """The `matrix:` block: exactly one of `csv` (absolute path) or `rows`."""
+
+    csv: Path | None = None
+    rows: tuple[Mapping[str, str], ...] | None = None
+    key: str | None = None
+    where: str | None = None
+    axes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class DownloadSpec:
+    """The `download:` block; `path` is a template relative to `base_dir`."""
+
+    path: str
+    base_dir: Path
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A loaded, validated pipeline file. Steps are in topological order (every `needs` before its user)."""
+
+    path: Path
+    name: str
+    api: Dialect
+    matrix: MatrixSpec
+    steps: tuple[Step, ...]
+    run: RunSettings
+    manifest: Path
+    download: DownloadSpec | None = None
+
+    def step(self, step_id: str) -> Step:
+        for s in self.steps:
+            if s.id == step_id:
+                return s
+        raise KeyError(step_id)
+
+
+# --------------------------------------------------------------------------- planning (DESIGN.md §2)
+
+
+@dataclass(frozen=True)
+class MatrixItem:
+    """One (row, axes combination). `item_id` is stable under row reordering/insertion (used for shards)."""
+
+    row_number: int  # 1-based data row in the CSV / inline rows
+    row: Mapping[str, str]
+    axes: Mapping[str, str]
+    key: str | None
+    item_id: str
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One step for one matrix item. `inputs` are rendered; values that depend on upstream outputs hold a
+    placeholder naming the upstream identity until `render_inputs` fills them in at run time."""
+
+    identity: str
+    step_id: str
+    app_id: str
+    item: MatrixItem
+    inputs: Mapping[str, Any]
+    output_labels: tuple[str, ...] | None
+    needs: Mapping[str, str] = field(default_factory=dict)  # upstream step id -> upstream identity
+
+
+@dataclass(frozen=True)
+class ItemPlan:
+    """All runs of one matrix item, in step (topological) order."""
+
+    item: MatrixItem
+    runs: tuple[PlannedRun, ...]
+
+
+# --------------------------------------------------------------------------- the Lamina API, as values
+
+
+@dataclass(frozen=True)
+class AppParameter:
+    id: str
+    name: str
+    type: str  # text | options | url (unknown types are kept as given)
+    required: bool = False
+    key: str | None = None
+    options: tuple[str, ...] | None = None
+    default: Any = None
+    has_default: bool = False
+    accept: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class AppOutput:
+    index: int
+    label: str
+    type: str
+
+
+@dataclass(frozen=True)
+class AppSummary:
+    app_id: str
+    name: str
+    description: str | None
+    is_public: bool
+
+
+@dataclass(frozen=True)
+class AppInfo:
+    app_id: str
+    name: str
+    description: str | None
+    parameters: tuple[AppParameter, ...]
+    outputs: tuple[AppOutput, ...]
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    id: str
+    label: str
+    type: str
+    value: Any
+    status: str  # pending | completed | error
+    error: str | None = None
+
+
+TERMINAL_REMOTE_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class RemoteRun:
+    """A run as the API reports it (start reply, status, wait, webhook body)."""
+
+    run_id: str
+    status: str  # queued | running | completed | failed | cancelled | anything else = not terminal
+    error_message: str | None = None
+    created_at: str | None = None
+    started_at: str | None = None
+    completed_at: str | None = None
+    outputs: tuple[RunOutput, ...] = ()
+    timed_out: bool = False  # /wait returned before the run finished
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_REMOTE_STATUSES
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """One page of the runs list (runs API only). Items carry no inputs or outputs."""
+
+    items: tuple[RemoteRun, ...]
+    total: int
+    limit: int
+    offset: int
+
+
+# --------------------------------------------------------------------------- the manifest
+
+
+class RunState(enum.StrEnum):
+    """Manifest states (DESIGN.md §2)."""
+
+    PENDING = "pending"
+    SUBMITTING = "submitting"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    UNKNOWN = "unknown"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED_STATES
+
+    @property
+    def bad(self) -> bool:
+        return self in BAD_STATES
+
+
+FINISHED_STATES = frozenset(
+    {RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED, RunState.TIMED_OUT, RunState.UNKNOWN}
+)
+BAD_STATES = frozenset({RunState.FAILED, RunState.CANCELLED, RunState.TIMED_OUT, RunState.UNKNOWN})
+
+
+@dataclass(frozen=True)
+class DownloadRecord:
+    """One output file written to disk, as recorded in the manifest (path relative to the output dir)."""
+
+    output_index: int
+    label: str
+    url: str
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run as the manifest holds it. Timestamps are ISO-8601 UTC strings."""
+
+    identity: str
+    step_id: str
+    app_id: str
+    row_number: int
+    row_key: str | None
+    item_id: str
+    row: Mapping[str, str]
+    axes: Mapping[str, str]
+    inputs: Mapping[str, Any]
+    output_labels: tuple[str, ...] | None
+    needs: Mapping[str, str]
+    state: RunState
+    remote_id: str | None = None
+    attempts: int = 0
+    created_at: str | None = None
+    updated_at: str | None = None
+    submitted_at: str | None = None  # when the current attempt's start intent was committed
+    finished_at: str | None = None
+    remote_duration: float | None = None  # completedAt - startedAt (or createdAt) as the API reported
+    outputs: tuple[RunOutput, ...] = ()
+    error: str | None = None
+    error_code: str | None = None
+    request_id: str | None = None
+    downloads: tuple[DownloadRecord, ...] = ()
