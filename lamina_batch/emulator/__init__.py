@@ -1,0 +1,30 @@
+"""The Lamina-compatible emulator: an HTTP server with the demo catalogue, lifecycles, PNGs, webhooks,
+rate limit and seeded faults. It imports nothing from the client side of lamina-batch.
+"""
+
+from lamina_batch.emulator.config import BUILTIN_APPS, AppDef, EmulatorConfig, Faults, OutputDef, ParamDef
+from lamina_batch.emulator.server import (
+    Emulator,
+    EmulatorStats,
+    RequestLogEntry,
+    WebhookAttempt,
+    banner,
+    serve,
+    serve_forever,
+)
+
+__all__ = [
+    "BUILTIN_APPS",
+    "AppDef",
+    "Emulator",
+    "EmulatorConfig",
+    "EmulatorStats",
+    "Faults",
+    "OutputDef",
+    "ParamDef",
+    "RequestLogEntry",
+    "WebhookAttempt",
+    "banner",
+    "serve",
+    "serve_forever",
+]

@@ -1,0 +1,886 @@
+"""The Lamina-compatible API: routing, run lifecycles, rate limit, faults, webhooks, stats, and the runners
+(`Emulator` in a background thread, `serve`/`serve_forever` for the `lamina-batch emulator` command).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import hmac
+import json
+import math
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from lamina_batch.emulator.catalogue import (
+    app_detail,
+    app_summary,
+    canonical_inputs,
+    generated_text,
+    has_fail_marker,
+    validate_start_body,
+)
+from lamina_batch.emulator.config import AppDef, EmulatorConfig, Faults, OutputDef
+from lamina_batch.emulator.http import DROP, ConnectionRegistry, HttpProtocol, Reply, Request, json_reply
+from lamina_batch.emulator.png import image_key, render_png
+from lamina_batch.emulator.signing import KeyRing
+
+TERMINAL = frozenset({"completed", "failed", "cancelled"})
+STATUSES = ("queued", "running", "completed", "failed", "cancelled")
+FAIL_MESSAGE = "Generation failed: the model could not produce an output for these inputs"
+
+
+def banner(base_url: str, key: str) -> str:
+    """The first line `lamina-batch emulator` prints."""
+    return f"Lamina emulator on {base_url} (key {key})"
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@dataclass(frozen=True)
+class RequestLogEntry:
+    """One request as the emulator saw it; `status` 0 and `dropped` when closed without a reply."""
+
+    time: float
+    method: str
+    path: str
+    status: int
+    dropped: bool
+
+
+@dataclass(frozen=True)
+class WebhookAttempt:
+    """One webhook POST attempt; `status` 0 on a connection error."""
+
+    time: float
+    run_id: str
+    url: str
+    attempt: int
+    status: int
+    ok: bool
+
+
+class EmulatorStats:
+    """Counters for tests and benchmarks; written on the emulator's loop, read from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: list[RequestLogEntry] = []
+        self._starts_by_inputs: Counter[tuple[str, str]] = Counter()
+        self._webhook_log: list[WebhookAttempt] = []
+        self.starts = 0
+        self.peak_active = 0
+        self.sent_429 = 0
+        self.webhooks_sent = 0
+        self.webhooks_delivered = 0
+        self.webhooks_failed = 0
+        self.webhooks_dropped = 0
+        self.credits_spent = 0.0
+
+    @property
+    def requests(self) -> list[RequestLogEntry]:
+        with self._lock:
+            return list(self._requests)
+
+    def api_requests(self) -> list[RequestLogEntry]:
+        """Requests to /v1 or /api paths (what Lamina's rate limit counts)."""
+        return [r for r in self.requests if r.path.startswith(("/v1/", "/api/"))]
+
+    @property
+    def starts_by_inputs(self) -> Counter[tuple[str, str]]:
+        with self._lock:
+            return Counter(self._starts_by_inputs)
+
+    def duplicate_starts(self) -> dict[tuple[str, str], int]:
+        """(app_id, canonical inputs JSON) -> count, for inputs started more than once."""
+        return {k: n for k, n in self.starts_by_inputs.items() if n > 1}
+
+    @property
+    def webhook_log(self) -> list[WebhookAttempt]:
+        with self._lock:
+            return list(self._webhook_log)
+
+    def _log(self, entry: RequestLogEntry) -> None:
+        with self._lock:
+            self._requests.append(entry)
+
+    def _start(self, app_id: str, inputs_json: str, credits: float) -> None:
+        with self._lock:
+            self.starts += 1
+            self.credits_spent += credits
+            self._starts_by_inputs[(app_id, inputs_json)] += 1
+
+    def _webhook(self, attempt: WebhookAttempt) -> None:
+        with self._lock:
+            self._webhook_log.append(attempt)
+            self.webhooks_sent += 1
+            if attempt.ok:
+                self.webhooks_delivered += 1
+            else:
+                self.webhooks_failed += 1
+
+
+class _Run:
+    """A run's fixed facts; its status is computed from the clock, so 20k runs need no timers."""
+
+    __slots__ = (
+        "app",
+        "cancelled_at",
+        "created",
+        "end_at",
+        "fail_message",
+        "id",
+        "inputs",
+        "inputs_json",
+        "outputs",
+        "start_at",
+        "waiters",
+        "webhook",
+        "webhook_handle",
+    )
+
+    def __init__(
+        self,
+        run_id: str,
+        app: AppDef,
+        inputs: dict[str, Any],
+        outputs: tuple[OutputDef, ...],
+        created: float,
+        start_at: float,
+        end_at: float,
+        fail_message: str | None,
+        webhook: str | None,
+    ) -> None:
+        self.id = run_id
+        self.app = app
+        self.inputs = inputs
+        self.inputs_json = canonical_inputs(inputs)
+        self.outputs = outputs
+        self.created = created
+        self.start_at = start_at
+        self.end_at = end_at
+        self.fail_message = fail_message
+        self.cancelled_at: float | None = None
+        self.webhook = webhook
+        self.webhook_handle: asyncio.TimerHandle | None = None
+        self.waiters: list[asyncio.Future[None]] = []
+
+    def status(self, now: float) -> str:
+        if self.cancelled_at is not None:
+            return "cancelled"
+        if now >= self.end_at:
+            return "failed" if self.fail_message else "completed"
+        if now >= self.start_at:
+            return "running"
+        return "queued"
+
+    def summary(self, now: float, id_field: str) -> dict[str, Any]:
+        s = self.status(now)
+        started = (
+            self.start_at
+            if now >= self.start_at and (self.cancelled_at is None or self.cancelled_at >= self.start_at)
+            else None
+        )
+        completed = self.cancelled_at if s == "cancelled" else (self.end_at if s in TERMINAL else None)
+        return {
+            id_field: self.id,
+            "appId": self.app.app_id,
+            "status": s,
+            "errorMessage": self.fail_message if s == "failed" else ("Cancelled" if s == "cancelled" else None),
+            "createdAt": iso(self.created),
+            "startedAt": iso(started),
+            "completedAt": iso(completed),
+        }
+
+
+class EmulatorCore:
+    """All emulator state and request handling; lives on one event loop."""
+
+    def __init__(self, config: EmulatorConfig) -> None:
+        self.config = config
+        self.stats = EmulatorStats()
+        self.apps = {a.app_id: a for a in config.apps}
+        self.keyring = KeyRing(config.seed, rotated=config.webhook_rotated)
+        self.faults: Faults = config.faults
+        self.outage = False
+        self.outage_drop = config.outage_drop
+        self.base_url = ""
+        self.credits_remaining = config.credits
+        self._rng = random.Random(f"{config.seed}/runs")
+        self._fault_rng = random.Random(f"{config.seed}/faults")
+        self._runs: dict[str, _Run] = {}
+        self._order: list[_Run] = []
+        self._active: set[str] = set()
+        self._ends: list[tuple[float, str]] = []
+        self._windows: dict[str, list[float]] = {}
+        self._req_counter = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._registry = ConnectionRegistry()
+        self._server: asyncio.Server | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ---- lifecycle of the server ------------------------------------------------------------------
+
+    async def start_server(self) -> str:
+        self._loop = asyncio.get_running_loop()
+        cfg = self.config
+        self._server = await self._loop.create_server(
+            lambda: HttpProtocol(self.handle, self._registry, cfg.max_body_bytes),
+            cfg.host,
+            cfg.port,
+            backlog=1024,
+        )
+        port = self._server.sockets[0].getsockname()[1]
+        host = "127.0.0.1" if cfg.host in ("0.0.0.0", "", "::") else cfg.host  # noqa: S104 - mapping, not binding
+        if ":" in host:
+            host = f"[{host}]"
+        self.base_url = f"http://{host}:{port}"
+        return self.base_url
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        self._registry.close_all()
+        for run in self._order:
+            if run.webhook_handle is not None:
+                run.webhook_handle.cancel()
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._http is not None:
+            await self._http.aclose()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # ---- queries usable from tests ----------------------------------------------------------------
+
+    def run_status(self, run_id: str) -> dict[str, Any] | None:
+        run = self._runs.get(run_id)
+        return None if run is None else self._status_body(run, time.time(), "runId")
+
+    def run_ids(self) -> list[str]:
+        return [r.id for r in list(self._order)]
+
+    # ---- request handling ------------------------------------------------------------------------
+
+    def _error(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        retryable: bool = False,
+        headers: tuple[tuple[str, str], ...] = (),
+        retry_after: int | None = None,
+        details: Any = None,
+    ) -> Reply:
+        self._req_counter += 1
+        body: dict[str, Any] = {
+            "error": message,
+            "code": code,
+            "retryable": retryable,
+            "requestId": f"req_{self.config.seed:x}_{self._req_counter:06x}",
+        }
+        if retry_after is not None:
+            body["retryAfter"] = retry_after
+            headers = (*headers, ("Retry-After", str(retry_after)))
+        if details is not None:
+            body["details"] = details
+        return json_reply(status, body, headers)
+
+    def _logged(self, req: Request, reply: Reply) -> Reply:
+        self.stats._log(RequestLogEntry(time.time(), req.method, req.path, reply.status, reply.drop))
+        return reply
+
+    def handle(self, req: Request) -> Reply | Awaitable[Reply]:
+        path = req.path
+        if path.startswith("/files/"):
+            return self._logged(req, self._file(req))
+        if not path.startswith(("/v1/", "/api/")):
+            return self._logged(req, self._error(404, "NOT_FOUND", f"No route for {req.method} {path}"))
+        faults = self.faults
+        rng = self._fault_rng
+        if faults.p_drop and rng.random() < faults.p_drop:
+            return self._logged(req, DROP)
+        if self.outage:
+            if self.outage_drop:
+                return self._logged(req, DROP)
+            return self._logged(
+                req, self._error(503, "RESOURCE_UNAVAILABLE", "Service temporarily unavailable", retryable=True)
+            )
+        rl_headers: tuple[tuple[str, str], ...] = ()
+        if self.config.rate_limit is not None:
+            limited, rl_headers, retry_after = self._rate(req.peer)
+            if limited:
+                self.stats.sent_429 += 1
+                return self._logged(
+                    req,
+                    self._error(
+                        429,
+                        "RATE_LIMITED",
+                        "Rate limit exceeded: 100 requests per minute",
+                        retryable=True,
+                        headers=rl_headers,
+                        retry_after=retry_after,
+                    ),
+                )
+        auth = self._auth(req, rl_headers)
+        if auth is not None:
+            return self._logged(req, auth)
+        if faults.p429 and rng.random() < faults.p429:
+            self.stats.sent_429 += 1
+            return self._logged(
+                req,
+                self._error(
+                    429, "RATE_LIMITED", "Rate limit exceeded", retryable=True, headers=rl_headers, retry_after=1
+                ),
+            )
+        if faults.p500 and rng.random() < faults.p500:
+            return self._logged(
+                req, self._error(500, "INTERNAL_ERROR", "Internal error", retryable=True, headers=rl_headers)
+            )
+        if faults.p503 and rng.random() < faults.p503:
+            return self._logged(
+                req,
+                self._error(503, "RESOURCE_UNAVAILABLE", "Service unavailable", retryable=True, headers=rl_headers),
+            )
+        slow = faults.slow_seconds if faults.p_slow and rng.random() < faults.p_slow else 0.0
+        result = self._route(req, rl_headers)
+        if isinstance(result, Reply) and not slow:
+            return self._logged(req, result)
+        return self._later(req, result, slow)
+
+    async def _later(self, req: Request, result: Reply | Awaitable[Reply], delay: float) -> Reply:
+        reply = result if isinstance(result, Reply) else await result
+        if delay:
+            await asyncio.sleep(delay)
+        return self._logged(req, reply)
+
+    def _rate(self, peer: str) -> tuple[bool, tuple[tuple[str, str], ...], int]:
+        limit = self.config.rate_limit
+        assert limit is not None
+        window = self.config.rate_window
+        now = time.monotonic()
+        w = self._windows.get(peer)
+        if w is None or now >= w[0] + window:
+            w = [now, 0.0]
+            self._windows[peer] = w
+        w[1] += 1
+        reset = max(1, math.ceil(w[0] + window - now))
+        headers = (
+            ("RateLimit-Limit", str(limit)),
+            ("RateLimit-Remaining", str(max(0, limit - int(w[1])))),
+            ("RateLimit-Reset", str(reset)),
+        )
+        return w[1] > limit, headers, reset
+
+    def _auth(self, req: Request, headers: tuple[tuple[str, str], ...]) -> Reply | None:
+        given = req.headers.get("x-api-key")
+        authz = req.headers.get("authorization")
+        if given is None and authz is not None:
+            scheme, _, token = authz.partition(" ")
+            given = token.strip() if scheme.lower() == "bearer" else ""
+        if not given:
+            return self._error(
+                401, "AUTH_MISSING_KEY", "Missing API key: send Authorization: Bearer <key>", headers=headers
+            )
+        if not hmac.compare_digest(given.encode(), self.config.key.encode()):
+            return self._error(401, "AUTH_INVALID_KEY", "Invalid API key", headers=headers)
+        return None
+
+    def _route(self, req: Request, h: tuple[tuple[str, str], ...]) -> Reply | Awaitable[Reply]:
+        parts = req.path.strip("/").split("/")
+        m = req.method
+        match parts:
+            case ["v1" | "api", "apps"] if m == "GET":
+                return self._list_apps(req, h)
+            case ["v1" | "api", "apps", app_id] if m == "GET":
+                app = self.apps.get(app_id)
+                if app is None:
+                    return self._error(404, "NOT_FOUND", "App not found", headers=h)
+                return json_reply(200, {"data": app_detail(app)}, h)
+            case ["v1", "apps", app_id, "runs"] if m == "POST":
+                return self._start(req, app_id, "runId", h)
+            case ["api", "apps", app_id, "executions"] if m == "POST":
+                return self._start(req, app_id, "executionId", h)
+            case ["v1", "apps", app_id, "estimate"] if m == "POST":
+                return self._estimate(req, app_id, h)
+            case ["v1", "runs"] if m == "GET":
+                return self._list_runs(req, h)
+            case ["v1", "runs", run_id] if m == "GET":
+                return self._status(run_id, "runId", h)
+            case ["api", "executions", run_id] if m == "GET":
+                return self._status(run_id, "executionId", h)
+            case ["v1", "runs", run_id, "wait"] if m == "GET":
+                return self._wait(req, run_id, h)
+            case ["v1", "runs", run_id, "cancel"] if m == "POST":
+                return self._cancel(run_id, h)
+            case ["v1" | "api", "webhooks", "signing-key"] if m == "GET":
+                return json_reply(200, self.keyring.jwks(), h)
+        return self._error(404, "NOT_FOUND", f"No route for {m} {req.path}", headers=h)
+
+    # ---- endpoints -------------------------------------------------------------------------------
+
+    def _list_apps(self, req: Request, h: tuple[tuple[str, str], ...]) -> Reply:
+        apps = list(self.apps.values())
+        q = req.query.get("search", "").strip().lower()
+        if q:
+            apps = [a for a in apps if q in f"{a.app_id} {a.name} {a.description or ''}".lower()]
+        if "limit" in req.query:
+            try:
+                limit = int(req.query["limit"])
+                if limit < 1:
+                    raise ValueError
+            except ValueError:
+                return self._validation("limit must be a positive integer", [], h)
+            apps = apps[:limit]
+        return json_reply(200, {"data": [app_summary(a) for a in apps]}, h)
+
+    def _validation(self, message: str, details: list[dict[str, str]], h: tuple[tuple[str, str], ...]) -> Reply:
+        return self._error(400, "VALIDATION_ERROR", message, headers=h, details=details or None)
+
+    def _parse_body(self, req: Request, h: tuple[tuple[str, str], ...]) -> tuple[Any, Reply | None]:
+        try:
+            return json.loads(req.body or b"null"), None
+        except (ValueError, UnicodeDecodeError):
+            return None, self._error(400, "VALIDATION_ERROR", "Request body is not valid JSON", headers=h)
+
+    def _start(
+        self, req: Request, app_id: str, id_field: str, h: tuple[tuple[str, str], ...]
+    ) -> Reply | Awaitable[Reply]:
+        app = self.apps.get(app_id)
+        if app is None:
+            return self._error(404, "NOT_FOUND", "App not found", headers=h)
+        webhook = req.query.get("webhook")
+        if webhook is not None:
+            parts = urlsplit(webhook)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                return self._error(400, "WEBHOOK_INVALID_URL", "webhook must be an http(s) URL", headers=h)
+        body, bad = self._parse_body(req, h)
+        if bad is not None:
+            return bad
+        inputs, labels, problems = validate_start_body(app, body)
+        if problems:
+            return self._validation(f"Invalid inputs for {app.name}", problems, h)
+        if self.credits_remaining is not None:
+            if self.credits_remaining < app.credits:
+                return self._error(
+                    402,
+                    "INSUFFICIENT_CREDITS",
+                    f"Insufficient credits: this run needs {app.credits:g}, {self.credits_remaining:g} left",
+                    headers=h,
+                )
+            self.credits_remaining -= app.credits
+        run = self._create(app, inputs, labels, webhook, id_field)
+        faults = self.faults
+        if faults.p_lost_start_reply and self._fault_rng.random() < faults.p_lost_start_reply:
+            return DROP
+        if faults.p_start_500_after_create and self._fault_rng.random() < faults.p_start_500_after_create:
+            return self._error(500, "INTERNAL_ERROR", "Internal error", retryable=True, headers=h)
+        now = time.time()
+        data = {
+            id_field: run.id,
+            "status": run.status(now),
+            "createdAt": iso(run.created),
+            "outputs": self._outputs(run, "queued"),
+        }
+        return json_reply(202, {"data": data}, h)
+
+    def _create(
+        self, app: AppDef, inputs: dict[str, Any], labels: list[str] | None, webhook: str | None, id_field: str
+    ) -> _Run:
+        cfg = self.config
+        now = time.time()
+        if self._order and now < self._order[-1].created:
+            now = self._order[-1].created  # keep creation order monotonic for `since` and newest-first
+        dur = app.duration if app.duration is not None else cfg.duration
+        seconds = self._rng.uniform(*dur) if isinstance(dur, tuple) else float(dur)
+        fail: str | None = None
+        if has_fail_marker(inputs):
+            fail = FAIL_MESSAGE + " (input contains [[fail]])"
+        elif self.faults.p_fail and self._fault_rng.random() < self.faults.p_fail:
+            fail = FAIL_MESSAGE
+        prefix = "run" if id_field == "runId" else "exe"
+        run_id = f"{prefix}_{self._rng.getrandbits(80):020x}"
+        outputs = app.outputs if labels is None else tuple(o for o in app.outputs if o.label in labels)
+        start_at = now + cfg.queued
+        run = _Run(run_id, app, inputs, outputs, now, start_at, start_at + seconds, fail, webhook)
+        self._runs[run_id] = run
+        self._order.append(run)
+        self.stats._start(app.app_id, run.inputs_json, app.credits)
+        self._track_active(run, now)
+        if webhook is not None and self._loop is not None:
+            run.webhook_handle = self._loop.call_later(run.end_at - now, self._terminal, run, id_field)
+        return run
+
+    def _track_active(self, run: _Run, now: float) -> None:
+        ends = self._ends
+        while ends and ends[0][0] <= now:
+            self._active.discard(heapq.heappop(ends)[1])
+        heapq.heappush(ends, (run.end_at, run.id))
+        self._active.add(run.id)
+        if len(self._active) > self.stats.peak_active:
+            self.stats.peak_active = len(self._active)
+
+    def _outputs(self, run: _Run, status: str) -> list[dict[str, Any]]:
+        app = run.app
+        out: list[dict[str, Any]] = []
+        for o in run.outputs:
+            value: str | None = None
+            ostatus, error = "pending", None
+            if status == "completed":
+                ostatus = "completed"
+                if o.type == "text":
+                    value = generated_text(app, run.inputs, o.label)
+                else:
+                    value = f"{self.base_url}/files/{run.id}/{o.index}.png"
+            elif status in ("failed", "cancelled"):
+                ostatus, error = "error", ("Run cancelled" if status == "cancelled" else "Run failed")
+            out.append(
+                {
+                    "id": o.output_id(app.app_id),
+                    "label": o.label,
+                    "type": o.type,
+                    "value": value,
+                    "status": ostatus,
+                    "error": error,
+                }
+            )
+        return out
+
+    def _status_body(self, run: _Run, now: float, id_field: str) -> dict[str, Any]:
+        body = run.summary(now, id_field)
+        body["outputs"] = self._outputs(run, body["status"])
+        return body
+
+    def _status(self, run_id: str, id_field: str, h: tuple[tuple[str, str], ...]) -> Reply:
+        run = self._runs.get(run_id)
+        if run is None:
+            return self._error(404, "NOT_FOUND", "Run not found", headers=h)
+        return json_reply(200, {"data": self._status_body(run, time.time(), id_field)}, h)
+
+    def _wait(self, req: Request, run_id: str, h: tuple[tuple[str, str], ...]) -> Reply | Awaitable[Reply]:
+        try:
+            timeout = float(req.query.get("timeout", "60"))
+        except ValueError:
+            timeout = -1.0
+        if not 1 <= timeout <= 120:
+            return self._validation("timeout must be between 1 and 120 seconds", [], h)
+        run = self._runs.get(run_id)
+        if run is None:
+            return self._error(404, "NOT_FOUND", "Run not found", headers=h)
+        now = time.time()
+        if run.status(now) in TERMINAL:
+            return json_reply(200, {"data": self._status_body(run, now, "runId")}, h)
+        return self._hold(run, min(timeout, run.end_at - now), timeout, h)
+
+    async def _hold(self, run: _Run, delay: float, limit: float, h: tuple[tuple[str, str], ...]) -> Reply:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        run.waiters.append(fut)
+        handle = loop.call_later(max(0.0, delay), _resolve, fut)
+        try:
+            await fut
+        finally:
+            handle.cancel()
+            run.waiters.remove(fut)
+        now = time.time()
+        # the timer may fire a hair before the lazy clock says terminal
+        if run.cancelled_at is None and 0 < run.end_at - now < 0.05 and delay < limit:
+            await asyncio.sleep(run.end_at - now)
+            now = time.time()
+        body = self._status_body(run, now, "runId")
+        if body["status"] not in TERMINAL:
+            body["timeout"] = True
+        return json_reply(200, {"data": body}, h)
+
+    def _cancel(self, run_id: str, h: tuple[tuple[str, str], ...]) -> Reply:
+        run = self._runs.get(run_id)
+        if run is None:
+            return self._error(404, "NOT_FOUND", "Run not found", headers=h)
+        now = time.time()
+        if run.status(now) not in TERMINAL:
+            run.cancelled_at = now
+            self._active.discard(run.id)
+            for fut in run.waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            if run.webhook_handle is not None:
+                run.webhook_handle.cancel()
+                self._terminal(run, "runId")
+        return json_reply(200, {"data": self._status_body(run, now, "runId")}, h)
+
+    def _estimate(self, req: Request, app_id: str, h: tuple[tuple[str, str], ...]) -> Reply:
+        app = self.apps.get(app_id)
+        if app is None:
+            return self._error(404, "NOT_FOUND", "App not found", headers=h)
+        body, bad = self._parse_body(req, h)
+        if bad is not None:
+            return bad
+        _, _, problems = validate_start_body(app, body)
+        if problems:
+            return self._validation(f"Invalid inputs for {app.name}", problems, h)
+        return json_reply(200, {"data": {"appId": app.app_id, "estimatedCredits": app.credits}}, h)
+
+    def _list_runs(self, req: Request, h: tuple[tuple[str, str], ...]) -> Reply:
+        q = req.query
+        problems: list[dict[str, str]] = []
+        status = q.get("status") or None
+        if status is not None and status not in STATUSES:
+            problems.append({"field": "status", "message": f"must be one of {', '.join(STATUSES)}"})
+        app_id = q.get("appId") or None
+        since: float | None = None
+        if q.get("since"):
+            since = _parse_since(q["since"])
+            if since is None:
+                problems.append({"field": "since", "message": "must be an ISO-8601 timestamp"})
+        limit, offset = 20, 0
+        try:
+            limit = int(q.get("limit", "20"))
+            if not 1 <= limit <= 100:
+                raise ValueError
+        except ValueError:
+            problems.append({"field": "limit", "message": "must be an integer 1..100"})
+        try:
+            offset = int(q.get("offset", "0"))
+            if offset < 0:
+                raise ValueError
+        except ValueError:
+            problems.append({"field": "offset", "message": "must be a non-negative integer"})
+        if problems:
+            return self._validation("Invalid query", problems, h)
+        now = time.time()
+        matched: list[dict[str, Any]] = []
+        total = 0
+        for run in reversed(self._order):
+            if since is not None and run.created < since:
+                break  # creation order is monotonic: nothing older can match
+            if app_id is not None and run.app.app_id != app_id:
+                continue
+            if status is not None and run.status(now) != status:
+                continue
+            if offset <= total < offset + limit:
+                matched.append(run.summary(now, "runId"))
+            total += 1
+        return json_reply(200, {"data": matched, "pagination": {"total": total, "limit": limit, "offset": offset}}, h)
+
+    def _file(self, req: Request) -> Reply:
+        parts = req.path.split("/")
+        if req.method not in ("GET", "HEAD") or len(parts) != 4 or not parts[3].endswith(".png"):
+            return self._error(404, "NOT_FOUND", "File not found")
+        run = self._runs.get(parts[2])
+        try:
+            index = int(parts[3][:-4])
+        except ValueError:
+            return self._error(404, "NOT_FOUND", "File not found")
+        if run is None or run.status(time.time()) != "completed":
+            return self._error(404, "NOT_FOUND", "File not found")
+        if not any(o.index == index and o.type == "image" for o in run.outputs):
+            return self._error(404, "NOT_FOUND", "File not found")
+        png = render_png(image_key(run.app.app_id, run.inputs_json, index, run.inputs))
+        cache = (("Cache-Control", "public, max-age=86400"),)
+        return Reply(200, b"" if req.method == "HEAD" else png, "image/png", cache)
+
+    # ---- webhooks --------------------------------------------------------------------------------
+
+    def _terminal(self, run: _Run, id_field: str) -> None:
+        run.webhook_handle = None
+        if run.webhook is None or self._loop is None:
+            return
+        task = self._loop.create_task(self._deliver(run, id_field))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, run: _Run, id_field: str) -> None:
+        url = run.webhook
+        assert url is not None
+        if self.config.p_webhook_drop and self._fault_rng.random() < self.config.p_webhook_drop:
+            self.stats.webhooks_dropped += 1
+            return
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=10.0)
+        now = max(time.time(), run.end_at if run.cancelled_at is None else run.cancelled_at)
+        raw = json.dumps({"data": self._status_body(run, now, id_field)}, separators=(",", ":")).encode()
+        delays = self.config.webhook_retry_delays
+        for attempt in range(len(delays) + 1):
+            ts = int(time.time())
+            headers = {
+                "Content-Type": "application/json",
+                "X-Lamina-Webhook-Signature": self.keyring.active.sign(ts, raw),
+                "X-Lamina-Webhook-Timestamp": str(ts),
+                "X-Lamina-Webhook-Request-Id": run.id,
+                "X-Lamina-Webhook-User-Id": self.config.webhook_user_id,
+            }
+            try:
+                resp = await self._http.post(url, content=raw, headers=headers)
+                status = resp.status_code
+            except httpx.HTTPError:
+                status = 0
+            ok = 200 <= status < 300
+            self.stats._webhook(WebhookAttempt(time.time(), run.id, url, attempt + 1, status, ok))
+            if ok or attempt == len(delays):
+                return
+            await asyncio.sleep(delays[attempt])
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _parse_since(v: str) -> float | None:
+    try:
+        return float(v)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(v.replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+class Emulator:
+    """The emulator on its own event loop in a background thread; a context manager.
+
+    >>> with Emulator(EmulatorConfig(rate_limit=None)) as emu:
+    ...     emu.base_url, emu.key, emu.stats.starts
+    """
+
+    def __init__(self, config: EmulatorConfig | None = None) -> None:
+        self.config = config or EmulatorConfig()
+        self._core = EmulatorCore(self.config)
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Emulator(base_url={self.base_url!r})"
+
+    @property
+    def base_url(self) -> str:
+        return self._core.base_url
+
+    @property
+    def key(self) -> str:
+        return self.config.key
+
+    @property
+    def stats(self) -> EmulatorStats:
+        return self._core.stats
+
+    @property
+    def credits_remaining(self) -> float | None:
+        return self._core.credits_remaining
+
+    def banner(self) -> str:
+        return banner(self.base_url, self.key)
+
+    def start(self) -> str:
+        """Bind and serve in a daemon thread; returns the base URL."""
+        with self._lock:
+            if self._thread is not None:
+                return self.base_url
+            self._thread = threading.Thread(target=self._main, name="lamina-emulator", daemon=True)
+            self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        return self.base_url
+
+    def _main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._core.start_server())
+        except BaseException as e:
+            self._error = e
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            loop.run_until_complete(self._core.close())
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    def stop(self) -> None:
+        """Close every connection and the server, and join the thread. Safe to call twice."""
+        with self._lock:
+            thread, loop = self._thread, self._loop
+            if thread is None or loop is None:
+                return
+            self._thread = None
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+
+    def __enter__(self) -> Emulator:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- thread-safe controls --------------------------------------------------------------------
+
+    def set_outage(self, on: bool, *, drop: bool | None = None) -> None:
+        """Answer every API request 503 (or drop the connection when `drop`, default from config)."""
+        if drop is not None:
+            self._core.outage_drop = drop
+        self._core.outage = on
+
+    def set_faults(self, faults: Faults) -> None:
+        self._core.faults = faults
+
+    def rotate_webhook_key(self) -> str:
+        """Publish a new signing key (the old stays in the set) and sign with it; returns its kid."""
+        return self._core.keyring.rotate().kid
+
+    def run_status(self, run_id: str) -> dict[str, Any] | None:
+        """The status body GET /v1/runs/{id} would return now, or None for an unknown id."""
+        return self._core.run_status(run_id)
+
+    def run_ids(self) -> list[str]:
+        return self._core.run_ids()
+
+    def with_config(self, **changes: Any) -> Emulator:
+        """A new (not started) emulator with some config fields changed."""
+        return Emulator(replace(self.config, **changes))
+
+
+async def serve(config: EmulatorConfig, announce: Callable[[str], None]) -> None:
+    """Serve on the running loop until cancelled; `announce` gets the banner line once bound."""
+    core = EmulatorCore(config)
+    base = await core.start_server()
+    announce(banner(base, config.key))
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await core.close()
+
+
+def serve_forever(config: EmulatorConfig, announce: Callable[[str], None]) -> None:
+    """Blocking `serve`; KeyboardInterrupt propagates to the caller (the CLI maps it to exit 130)."""
+    asyncio.run(serve(config, announce))

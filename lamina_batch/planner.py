@@ -1,0 +1,433 @@
+"""The plan compared with the manifest (`plan`: new / reused / running / to retry / orphaned, with the reason
+each run would (re)start), the per-step state counts and failures (`status`), and `cancel` of running runs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import ApiError
+from .matrix import expand_runs
+from .models import PlannedRun, RunRecord, RunState
+
+if TYPE_CHECKING:
+    from .client import LaminaClient
+    from .manifest import Manifest
+    from .models import Pipeline
+
+__all__ = [
+    "CATEGORIES",
+    "NOT_STARTED",
+    "FailureEntry",
+    "OrphanEntry",
+    "PlanEntry",
+    "PlanReport",
+    "StatusReport",
+    "cancel_running",
+    "classify",
+    "plan_against_manifest",
+    "status_exit_code",
+    "status_report",
+]
+
+CATEGORIES = ("new", "reused", "running", "retry", "unknown", "failed_kept", "orphaned")
+NOT_STARTED = "not started"
+_BATCH = 500  # planned runs looked up in the manifest per query
+_UNFINISHED = frozenset({NOT_STARTED, RunState.PENDING.value, RunState.SUBMITTING.value, RunState.RUNNING.value})
+
+
+@dataclass(frozen=True)
+class PlanEntry:
+    """What `run` would do with one planned run, and why."""
+
+    identity: str
+    step_id: str
+    row_number: int
+    row_key: str | None
+    axes: Mapping[str, str]
+    category: str
+    reason: str
+    state: RunState | None = None
+    remote_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "identity": self.identity,
+            "step": self.step_id,
+            "row_number": self.row_number,
+            "row_key": self.row_key,
+            "axes": dict(self.axes),
+            "action": self.category,
+            "reason": self.reason,
+            "state": None if self.state is None else self.state.value,
+            "remote_id": self.remote_id,
+        }
+
+
+@dataclass(frozen=True)
+class OrphanEntry:
+    """A manifest run the current pipeline no longer plans (kept as history)."""
+
+    identity: str
+    step_id: str
+    row_number: int
+    row_key: str | None
+    state: RunState
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "identity": self.identity,
+            "step": self.step_id,
+            "row_number": self.row_number,
+            "row_key": self.row_key,
+            "state": self.state.value,
+        }
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    """Per-step counts by category (see CATEGORIES), counts of reasons, and (with details) every entry."""
+
+    pipeline_name: str
+    steps: Mapping[str, Mapping[str, int]]
+    reasons: Mapping[str, int]
+    entries: tuple[PlanEntry, ...] = ()
+    orphans: tuple[OrphanEntry, ...] = ()
+    shard: tuple[int, int] | None = None
+    has_manifest: bool = False
+
+    def total(self, category: str) -> int:
+        return sum(c.get(category, 0) for c in self.steps.values())
+
+    @property
+    def planned(self) -> int:
+        return sum(n for c in self.steps.values() for k, n in c.items() if k != "orphaned")
+
+    @property
+    def to_start(self) -> int:
+        """Runs that would send a start request (new + to retry)."""
+        return self.total("new") + self.total("retry")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pipeline": self.pipeline_name,
+            "shard": None if self.shard is None else f"{self.shard[0]}/{self.shard[1]}",
+            "manifest": self.has_manifest,
+            "planned": self.planned,
+            "to_start": self.to_start,
+            "totals": {c: self.total(c) for c in CATEGORIES},
+            "steps": {s: dict(c) for s, c in self.steps.items()},
+            "reasons": dict(self.reasons),
+            "runs": [e.to_json() for e in self.entries],
+            "orphans": [o.to_json() for o in self.orphans],
+        }
+
+    def render_text(self) -> str:
+        shard = f" (shard {self.shard[0]}/{self.shard[1]})" if self.shard else ""
+        lines = [f"{self.pipeline_name}: {self.planned} runs planned{shard}"]
+        headers = ("step", "new", "reused", "running", "retry", "unknown", "failed", "orphaned")
+        rows: list[tuple[str, ...]] = [headers]
+        for step, c in self.steps.items():
+            rows.append((step, *(str(c.get(k, 0)) for k in CATEGORIES)))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(headers))]
+        for r in rows:
+            cells = [r[0].ljust(widths[0])] + [r[i].rjust(widths[i]) for i in range(1, len(r))]
+            lines.append("  " + "  ".join(cells))
+        retry = self.total("retry")
+        summary = f"would start {self.to_start} runs ({self.total('new')} new, {retry} to retry)"
+        if self.total("running"):
+            summary += f"; {self.total('running')} running remotely would be followed, not started again"
+        lines.append(summary)
+        kept = self.total("failed_kept") + self.total("unknown")
+        if kept:
+            lines.append(
+                f"{kept} failed/unknown runs are kept as they are (--retry-failed / --restart-unknown to rerun)"
+            )
+        if self.reasons:
+            lines.append("why:")
+            for reason, n in sorted(self.reasons.items(), key=lambda kv: (-kv[1], kv[0])):
+                lines.append(f"  {n:>6}  {reason}")
+        for e in self.entries:
+            if e.category in ("new", "retry", "running"):
+                key = f" [{e.row_key}]" if e.row_key is not None else ""
+                axes = "".join(f" {k}={v}" for k, v in e.axes.items())
+                lines.append(f"  row {e.row_number}{key}{axes} {e.step_id}: {e.category}: {e.reason}")
+        if self.orphans:
+            lines.append(f"orphaned (kept as history): {len(self.orphans)}")
+        return "\n".join(lines)
+
+
+def classify(record: RunRecord | None, *, retry_failed: bool, restart_unknown: bool) -> tuple[str, str] | None:
+    """(category, reason) for a planned run from its manifest record; None if there is no record."""
+    if record is None:
+        return None
+    state = record.state
+    if state is RunState.COMPLETED:
+        return "reused", "completed earlier"
+    if state is RunState.PENDING:
+        return "new", "planned earlier, not started yet"
+    if state in (RunState.RUNNING, RunState.SUBMITTING):
+        if record.remote_id:
+            return "running", f"running remotely as {record.remote_id}: followed, never started again"
+        return "running", "start reply was lost: reconciled first (adopt the remote run, or start again)"
+    if state is RunState.UNKNOWN:
+        if restart_unknown:
+            return "retry", "unknown: restarting (--restart-unknown)"
+        return "unknown", "outcome unknown: kept (use --restart-unknown to start it again)"
+    if retry_failed:
+        return "retry", f"{state.value}: retrying (--retry-failed)"
+    return "failed_kept", f"{state.value}: kept (use --retry-failed to run it again)"
+
+
+def _row_slot(step_id: str, row_key: str | None, axes: Mapping[str, str]) -> tuple[str, str, str]:
+    return step_id, row_key or "", json.dumps(sorted(axes.items()))
+
+
+def _batches(runs: Iterable[PlannedRun], size: int) -> Iterator[list[PlannedRun]]:
+    batch: list[PlannedRun] = []
+    for run in runs:
+        batch.append(run)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _planned_runs(pipeline: Pipeline, shard: tuple[int, int] | None) -> Iterator[PlannedRun]:
+    for plan in expand_runs(pipeline, shard=shard):
+        yield from plan.runs
+
+
+def plan_against_manifest(
+    pipeline: Pipeline,
+    manifest: Manifest | None,
+    *,
+    retry_failed: bool = False,
+    restart_unknown: bool = False,
+    shard: tuple[int, int] | None = None,
+    details: bool = False,
+) -> PlanReport:
+    """What `run` would do now, without a request: streamed over the plan; entries only when `details`."""
+    steps: dict[str, Counter[str]] = {s.id: Counter() for s in pipeline.steps}
+    reasons: Counter[str] = Counter()
+    entries: list[PlanEntry] = []
+    planned: set[str] = set()
+    # With a row key, a run whose identity is new but whose (step, key, axes) was run before was *changed*.
+    previous: dict[tuple[str, str, str], RunRecord] = {}
+    if manifest is not None and pipeline.matrix.key is not None:
+        for rec in manifest.iter_runs():
+            if rec.row_key is not None:
+                previous[_row_slot(rec.step_id, rec.row_key, rec.axes)] = _slim(rec)
+    for batch in _batches(_planned_runs(pipeline, shard), _BATCH):
+        found = manifest.get_many(r.identity for r in batch) if manifest is not None else {}
+        for run in batch:
+            planned.add(run.identity)
+            known = found.get(run.identity)
+            verdict = classify(known, retry_failed=retry_failed, restart_unknown=restart_unknown)
+            if verdict is None:
+                verdict = "new", _why_new(run, previous)
+            category, reason = verdict
+            steps.setdefault(run.step_id, Counter())[category] += 1
+            if category in ("new", "retry", "running"):
+                reasons[reason] += 1
+            if details:
+                entries.append(
+                    PlanEntry(
+                        run.identity,
+                        run.step_id,
+                        run.item.row_number,
+                        run.item.key,
+                        run.item.axes,
+                        category,
+                        reason,
+                        None if known is None else known.state,
+                        None if known is None else known.remote_id,
+                    )
+                )
+    orphans: list[OrphanEntry] = []
+    if manifest is not None:
+        for rec in manifest.iter_runs():
+            if rec.identity in planned:
+                continue
+            steps.setdefault(rec.step_id, Counter())["orphaned"] += 1
+            if details:
+                orphans.append(OrphanEntry(rec.identity, rec.step_id, rec.row_number, rec.row_key, rec.state))
+    return PlanReport(
+        pipeline_name=pipeline.name,
+        steps={s: {c: counts.get(c, 0) for c in CATEGORIES} for s, counts in steps.items()},
+        reasons=dict(reasons),
+        entries=tuple(entries),
+        orphans=tuple(orphans),
+        shard=shard,
+        has_manifest=manifest is not None,
+    )
+
+
+def _slim(rec: RunRecord) -> RunRecord:
+    # Only identity and needs matter for "why"; drop the heavy fields so 100k rows stay small.
+    return RunRecord(
+        identity=rec.identity,
+        step_id=rec.step_id,
+        app_id=rec.app_id,
+        row_number=rec.row_number,
+        row_key=rec.row_key,
+        item_id=rec.item_id,
+        row={},
+        axes={},
+        inputs={},
+        output_labels=None,
+        needs=dict(rec.needs),
+        state=rec.state,
+    )
+
+
+def _why_new(run: PlannedRun, previous: Mapping[tuple[str, str, str], RunRecord]) -> str:
+    if run.item.key is None:
+        return "new row"
+    old = previous.get(_row_slot(run.step_id, run.item.key, run.item.axes))
+    if old is None or old.identity == run.identity:
+        return "new row"
+    if dict(old.needs) != dict(run.needs):
+        changed = sorted(s for s in run.needs if old.needs.get(s) != run.needs[s])
+        return f"upstream changed ({', '.join(changed) or 'needs'})"
+    return "inputs changed since the last run of this row"
+
+
+# --------------------------------------------------------------------------- status
+
+
+@dataclass(frozen=True)
+class FailureEntry:
+    """One planned run that ended badly, with its row and reason."""
+
+    step_id: str
+    row_number: int
+    row_key: str | None
+    state: RunState
+    error: str | None
+    error_code: str | None
+    identity: str
+    remote_id: str | None = None
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """Per step, the number of planned runs in every state (`not started` for runs the manifest lacks)."""
+
+    pipeline_name: str
+    steps: Mapping[str, Mapping[str, int]]
+    failures: tuple[FailureEntry, ...] = field(default_factory=tuple)
+
+    def total(self, state: str) -> int:
+        return sum(c.get(state, 0) for c in self.steps.values())
+
+    @property
+    def planned(self) -> int:
+        return sum(sum(c.values()) for c in self.steps.values())
+
+    @property
+    def all_completed(self) -> bool:
+        return self.total(RunState.COMPLETED.value) == self.planned
+
+    @property
+    def any_bad(self) -> bool:
+        return any(self.total(s.value) for s in RunState if s.bad)
+
+    @property
+    def any_unfinished(self) -> bool:
+        return any(self.total(s) for s in _UNFINISHED)
+
+    def render_text(self) -> str:
+        order = [RunState.COMPLETED.value, RunState.RUNNING.value, RunState.SUBMITTING.value]
+        order += [RunState.PENDING.value, NOT_STARTED]
+        order += [s.value for s in RunState if s.bad]
+        shown = [s for s in order if self.total(s)]
+        lines = [f"{self.pipeline_name}: {self.planned} runs planned"]
+        for step, c in self.steps.items():
+            parts = [f"{c.get(s, 0)} {s}" for s in shown if c.get(s, 0)]
+            lines.append(f"  {step}: {', '.join(parts) or 'nothing planned'}")
+        if self.failures:
+            lines.append(f"failures ({len(self.failures)}):")
+            for f in self.failures:
+                key = f" [{f.row_key}]" if f.row_key is not None else ""
+                code = f" ({f.error_code})" if f.error_code else ""
+                lines.append(
+                    f"  row {f.row_number}{key} {f.step_id}: {f.state.value}{code}: {f.error or 'no reason given'}"
+                )
+        return "\n".join(lines)
+
+
+def status_report(pipeline: Pipeline, manifest: Manifest, *, shard: tuple[int, int] | None = None) -> StatusReport:
+    """Counts by state per step over the planned runs, and every failure with its row and reason."""
+    steps: dict[str, Counter[str]] = {s.id: Counter() for s in pipeline.steps}
+    failures: list[FailureEntry] = []
+    for batch in _batches(_planned_runs(pipeline, shard), _BATCH):
+        found = manifest.get_many(r.identity for r in batch)
+        for run in batch:
+            rec = found.get(run.identity)
+            counts = steps.setdefault(run.step_id, Counter())
+            if rec is None:
+                counts[NOT_STARTED] += 1
+                continue
+            counts[rec.state.value] += 1
+            if rec.state.bad:
+                failures.append(
+                    FailureEntry(
+                        rec.step_id,
+                        run.item.row_number,
+                        run.item.key,
+                        rec.state,
+                        rec.error,
+                        rec.error_code,
+                        rec.identity,
+                        rec.remote_id,
+                    )
+                )
+    return StatusReport(pipeline.name, {s: dict(c) for s, c in steps.items()}, tuple(failures))
+
+
+def status_exit_code(report: StatusReport) -> int:
+    """0 all planned runs completed, 3 some not finished yet, 1 some failed/cancelled/timed out/unknown."""
+    if report.all_completed:
+        return 0
+    if report.any_unfinished:
+        return 3
+    return 1
+
+
+# --------------------------------------------------------------------------- cancel
+
+
+async def cancel_running(pipeline: Pipeline, manifest: Manifest, client: LaminaClient) -> list[tuple[str, str]]:
+    """Cancel every remote run the manifest still has running; returns (identity, outcome) per run."""
+    live: Sequence[RunRecord] = list(manifest.iter_runs(states=[RunState.RUNNING, RunState.SUBMITTING]))
+    results: list[tuple[str, str]] = []
+    for rec in live:
+        if rec.remote_id is None:
+            results.append((rec.identity, "start reply was lost: nothing to cancel yet (`run` reconciles it first)"))
+            continue
+        if not client.supports_cancel:
+            results.append((rec.identity, f"{rec.remote_id}: this API has no cancel endpoint; left running"))
+            continue
+        try:
+            reply = await client.cancel(rec.remote_id)
+        except ApiError as e:
+            results.append((rec.identity, f"{rec.remote_id}: cancel failed: {e}"))
+            continue
+        status = "cancelled" if reply is None else reply.status
+        if status == "cancelled":
+            manifest.finish(
+                rec.identity,
+                RunState.CANCELLED,
+                error=f"cancelled by `lamina-batch cancel` ({pipeline.name})",
+                error_code="CANCELLED",
+            )
+            results.append((rec.identity, f"{rec.remote_id}: cancelled"))
+        else:
+            results.append((rec.identity, f"{rec.remote_id}: already {status}; the next `run` records it"))
+    return results

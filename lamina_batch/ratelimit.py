@@ -1,0 +1,125 @@
+"""The one request-rate limiter shared by every Lamina API request of a client.
+
+A sliding-window log rather than a token bucket: a bucket of capacity N refilling at N/window lets a full
+bucket burst N and then refill N more inside the same window (~2N per window), which breaks a server limit
+of "N per any window". The log keeps the grant times of the last `count` requests, so any window of
+`per_seconds` holds at most `count` grants, while a client that needs few requests still bursts at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+
+from lamina_batch.models import Rate
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def window_of(rate: Rate) -> tuple[int, float]:
+    """(whole requests, seconds) equivalent to `rate`: 0.5/s becomes 1 per 2 s, 90.5/min 90 per ~59.7 s."""
+    if not (rate.count > 0 and rate.per_seconds > 0):
+        raise ValueError(f"rate must be positive, got {rate}")
+    count = max(1, math.floor(rate.count))
+    return count, rate.per_seconds * count / rate.count
+
+
+class RateLimiter:
+    """`await acquire()` before each API request; `observe(headers)` after each reply; `pause(s)` on 429.
+
+    Grants are served first come, first served (one waiter sleeps at a time under a lock), so no caller
+    starves and the log is never raced."""
+
+    def __init__(self, rate: Rate, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
+        self.rate = rate
+        self.count, self.per_seconds = window_of(rate)
+        self._clock = clock
+        self._sleep = sleep
+        self._grants: deque[float] = deque()
+        self._paused_until = -math.inf
+        # The server's own view of our budget (RateLimit-Remaining / -Reset); None when it does not say.
+        self._server_remaining: int | None = None
+        self._server_reset_at = -math.inf
+        self._lock: asyncio.Lock | None = None
+
+    # ------------------------------------------------------------------ pure core (tested with a fake clock)
+
+    def delay(self, now: float | None = None) -> float:
+        """Seconds until the next grant may happen (0.0: now). Has no side effect."""
+        now = self._clock() if now is None else now
+        # Same expression as the wait below, so float rounding can never both keep a grant and report 0 wait.
+        while self._grants and self._grants[0] + self.per_seconds <= now:
+            self._grants.popleft()
+        wait = 0.0
+        if self._paused_until > now:
+            wait = self._paused_until - now
+        if self._server_remaining is not None:
+            if self._server_reset_at <= now:
+                self._server_remaining = None  # the server's window has rolled over; its count is stale
+            elif self._server_remaining <= 0:
+                wait = max(wait, self._server_reset_at - now)
+        if len(self._grants) >= self.count:
+            wait = max(wait, self._grants[0] + self.per_seconds - now)
+        return wait
+
+    def try_acquire(self, now: float | None = None) -> float:
+        """Grant at `now` if allowed (returns 0.0), else return the wait without granting."""
+        now = self._clock() if now is None else now
+        wait = self.delay(now)
+        if wait > 0.0:
+            return wait
+        self._grants.append(now)
+        if self._server_remaining is not None:
+            self._server_remaining -= 1
+        return 0.0
+
+    # ------------------------------------------------------------------ async interface
+
+    async def acquire(self) -> None:
+        """Wait until a request may be sent, and count it."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            while True:
+                wait = self.try_acquire()
+                if wait <= 0.0:
+                    return
+                await self._sleep(wait)
+
+    def pause(self, seconds: float) -> None:
+        """Send nothing for `seconds` from now (a 429's Retry-After); pauses only ever extend."""
+        if seconds > 0:
+            self._paused_until = max(self._paused_until, self._clock() + seconds)
+
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """Adopt the server-stated budget from `RateLimit-Remaining` / `RateLimit-Reset` (delta seconds)."""
+        lowered = {k.lower(): v for k, v in headers.items()}
+        remaining = _int_header(lowered.get("ratelimit-remaining"))
+        reset = _float_header(lowered.get("ratelimit-reset"))
+        if remaining is None or reset is None:
+            return
+        self._server_remaining = max(0, remaining)
+        self._server_reset_at = self._clock() + max(0.0, reset)
+
+
+def _int_header(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value.strip())
+    except ValueError:
+        return None
+
+
+def _float_header(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None

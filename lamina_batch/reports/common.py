@@ -1,0 +1,154 @@
+"""What every report shares: the input value, atomic file writing, and grouping/labelling of manifest records.
+
+Reports are functions over plain data (`ReportInput`), so they never touch the manifest or the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from lamina_batch.models import RunRecord, RunState
+
+# The order states are shown in, everywhere: good news first, then the bad, then what is not finished.
+STATE_ORDER: tuple[RunState, ...] = (
+    RunState.COMPLETED,
+    RunState.FAILED,
+    RunState.TIMED_OUT,
+    RunState.CANCELLED,
+    RunState.UNKNOWN,
+    RunState.RUNNING,
+    RunState.SUBMITTING,
+    RunState.PENDING,
+)
+
+STATE_LABELS: Mapping[RunState, str] = {
+    RunState.COMPLETED: "completed",
+    RunState.FAILED: "failed",
+    RunState.TIMED_OUT: "timed out",
+    RunState.CANCELLED: "cancelled",
+    RunState.UNKNOWN: "unknown",
+    RunState.RUNNING: "running",
+    RunState.SUBMITTING: "submitting",
+    RunState.PENDING: "pending",
+}
+
+
+@dataclass(frozen=True)
+class ReportInput:
+    """Everything a report needs. `records` come ordered by row_number (as `Manifest.iter_runs()` yields them)
+    and may be a one-shot iterator; `base_dir` is the directory download paths are relative to."""
+
+    pipeline_name: str
+    step_ids: Sequence[str]
+    records: Iterable[RunRecord]
+    base_dir: Path
+
+
+@contextlib.contextmanager
+def atomic_text_writer(out: Path, *, newline: str | None = None) -> Iterator[IO[str]]:
+    """Write `out` through a temp file beside it: flushed, fsynced and renamed over `out` only on success.
+
+    On any exception the temp file is removed and `out` is left as it was, so a reader never sees half a report.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_dir(out.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    # The rename is only durable once the directory entry is; some platforms cannot open directories.
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+def iter_items(records: Iterable[RunRecord]) -> Iterator[list[RunRecord]]:
+    """Yield the runs of one matrix item at a time, holding only one row's runs in memory.
+
+    Records arrive ordered by row_number, but the axes combinations of one row may interleave, so runs are
+    gathered per row_number and then split by item_id in order of first appearance.
+    """
+    current_row: int | None = None
+    bucket: dict[str, list[RunRecord]] = {}
+    for rec in records:
+        if rec.row_number != current_row and bucket:
+            yield from bucket.values()
+            bucket = {}
+        current_row = rec.row_number
+        bucket.setdefault(rec.item_id, []).append(rec)
+    yield from bucket.values()
+
+
+def latest_per_step(runs: Sequence[RunRecord]) -> dict[str, RunRecord]:
+    """The run to show for each step of one item: the manifest may keep older (orphaned) runs as history,
+    and the most recently updated one is the one that describes the row now."""
+    chosen: dict[str, RunRecord] = {}
+    for rec in runs:
+        prev = chosen.get(rec.step_id)
+        if prev is None or (rec.updated_at or "") >= (prev.updated_at or ""):
+            chosen[rec.step_id] = rec
+    return chosen
+
+
+def row_label(rec: RunRecord) -> str:
+    """How a run's row is named to people: its key value, else `row N`."""
+    return rec.row_key if rec.row_key else f"row {rec.row_number}"
+
+
+def axes_label(axes: Mapping[str, str]) -> str:
+    """`[aspect=1:1, size=xl]`, or the empty string without axes."""
+    if not axes:
+        return ""
+    return "[" + ", ".join(f"{k}={v}" for k, v in axes.items()) + "]"
+
+
+def item_label(rec: RunRecord) -> str:
+    """Row label plus axes: unique per matrix item."""
+    axes = axes_label(rec.axes)
+    return f"{row_label(rec)} {axes}" if axes else row_label(rec)
+
+
+def output_text(value: object) -> str:
+    """An output value as a cell: strings as they are, anything else (numbers, lists) as its str()."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else str(value)
+
+
+def is_web_url(value: object) -> bool:
+    """Only http(s) links are ever emitted as links or image sources (never javascript:, data:, file:)."""
+    return isinstance(value, str) and value.lower().startswith(("http://", "https://"))
+
+
+def error_text(rec: RunRecord) -> str:
+    """The reason a run is not completed, or the errors of its outputs when the run itself succeeded."""
+    if rec.error:
+        return rec.error
+    if rec.error_code:
+        return rec.error_code
+    out_errors = [f"{o.label}: {o.error}" for o in rec.outputs if o.status == "error" and o.error]
+    return "; ".join(out_errors)

@@ -1,0 +1,156 @@
+"""Tests for ratelimit.py: the sliding-window guarantee, pauses, and the server-stated budget."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lamina_batch.models import Rate
+from lamina_batch.ratelimit import RateLimiter, window_of
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.advance(seconds)
+        await asyncio.sleep(0)
+
+    def advance(self, seconds: float) -> None:
+        # A real clock always moves on; float addition of a sub-ulp wait would not.
+        self.now = max(self.now + seconds, math.nextafter(self.now, math.inf))
+
+
+def max_in_any_window(times: list[float], width: float) -> int:
+    ordered = sorted(times)
+    # A window [t, t + width) starting at each grant is the worst case.
+    return max((bisect.bisect_left(ordered, t + width) - i for i, t in enumerate(ordered)), default=0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    count=st.integers(min_value=1, max_value=20),
+    per=st.floats(min_value=0.5, max_value=60.0),
+    gaps=st.lists(st.floats(min_value=0.0, max_value=10.0), min_size=1, max_size=120),
+)
+def test_never_exceeds_budget_in_any_window(count: int, per: float, gaps: list[float]) -> None:
+    """Whatever the arrival pattern, no window of per_seconds ever holds more than count grants."""
+    t = FakeTime()
+    limiter = RateLimiter(Rate(count, per), clock=t.clock, sleep=t.sleep)
+    grants: list[float] = []
+    for gap in gaps:
+        t.now += gap
+        while (wait := limiter.try_acquire()) > 0:
+            t.now += wait
+        grants.append(t.now)
+    assert max_in_any_window(grants, per) <= count
+
+
+def test_async_acquire_many_concurrent_waiters() -> None:
+    """200 concurrent acquirers at 10/5s are granted no more than 10 per any 5 s window."""
+    t = FakeTime()
+    limiter = RateLimiter(Rate(10, 5), clock=t.clock, sleep=t.sleep)
+    grants: list[float] = []
+
+    async def one() -> None:
+        await limiter.acquire()
+        grants.append(t.now)
+
+    async def main() -> None:
+        await asyncio.gather(*(one() for _ in range(200)))
+
+    asyncio.run(main())
+    assert len(grants) == 200
+    assert max_in_any_window(grants, 5.0) <= 10
+    # and it does not idle: 200 grants at 10 per 5 s need just under 100 s
+    assert grants[-1] == pytest.approx(95.0)
+
+
+def test_few_requests_burst_without_spacing() -> None:
+    """A client under its budget is not spaced out: 5 requests at 90/min are all granted at once."""
+    t = FakeTime()
+    limiter = RateLimiter(Rate(90, 60), clock=t.clock, sleep=t.sleep)
+
+    async def main() -> None:
+        for _ in range(5):
+            await limiter.acquire()
+
+    asyncio.run(main())
+    assert t.now == 0.0
+    assert t.sleeps == []
+
+
+def test_pause_holds_grants() -> None:
+    """After pause(s) (a 429) nothing is granted for s seconds."""
+    t = FakeTime()
+    limiter = RateLimiter(Rate(90, 60), clock=t.clock, sleep=t.sleep)
+    limiter.pause(7.0)
+    assert limiter.try_acquire() == pytest.approx(7.0)
+    t.now = 7.0
+    assert limiter.try_acquire() == 0.0
+
+
+def test_pause_only_extends() -> None:
+    """A shorter pause does not cut a longer one short."""
+    t = FakeTime()
+    limiter = RateLimiter(Rate(90, 60), clock=t.clock, sleep=t.sleep)
+    limiter.pause(10.0)
+    limiter.pause(2.0)
+    assert limiter.delay() == pytest.approx(10.0)
+
+
+def test_server_remaining_zero_waits_for_reset() -> None:
+    """RateLimit-Remaining 0 makes the next grant wait for RateLimit-Reset."""
+    t = FakeTime()
+    limiter = RateLimiter(Rate(90, 60), clock=t.clock, sleep=t.sleep)
+    limiter.observe({"RateLimit-Remaining": "0", "RateLimit-Reset": "12"})
+    assert limiter.try_acquire() == pytest.approx(12.0)
+    t.now = 12.0
+    assert limiter.try_acquire() == 0.0
+
+
+def test_server_remaining_counts_down_locally() -> None:
+    """With RateLimit-Remaining 2, two grants pass at once and the third waits for the reset."""
+    t = FakeTime()
+    limiter = RateLimiter(Rate(90, 60), clock=t.clock, sleep=t.sleep)
+    limiter.observe({"ratelimit-remaining": "2", "ratelimit-reset": "30"})
+    assert limiter.try_acquire() == 0.0
+    assert limiter.try_acquire() == 0.0
+    assert limiter.try_acquire() == pytest.approx(30.0)
+
+
+def test_server_budget_allows_bursting_to_own_cap() -> None:
+    """A large server-stated remainder still never lets us exceed our own window cap."""
+    t = FakeTime()
+    limiter = RateLimiter(Rate(3, 60), clock=t.clock, sleep=t.sleep)
+    limiter.observe({"RateLimit-Remaining": "100", "RateLimit-Reset": "60"})
+    assert [limiter.try_acquire() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.try_acquire() == pytest.approx(60.0)
+
+
+def test_bad_headers_are_ignored() -> None:
+    """Malformed or partial RateLimit headers change nothing."""
+    t = FakeTime()
+    limiter = RateLimiter(Rate(90, 60), clock=t.clock, sleep=t.sleep)
+    limiter.observe({"RateLimit-Remaining": "x", "RateLimit-Reset": "5"})
+    limiter.observe({"RateLimit-Remaining": "0"})
+    assert limiter.try_acquire() == 0.0
+
+
+def test_fractional_rates_become_whole_windows() -> None:
+    """0.5/s is one request per 2 s; a non-positive rate is refused."""
+    assert window_of(Rate(0.5, 1)) == (1, 2.0)
+    assert window_of(Rate(90, 60)) == (90, 60.0)
+    with pytest.raises(ValueError, match="positive"):
+        window_of(Rate(0, 60))
