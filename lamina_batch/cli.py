@@ -387,7 +387,8 @@ def _api_target(emulator: bool) -> Iterator[tuple[str, str]]:
     if emulator:
         from lamina_batch.emulator import Emulator, EmulatorConfig
 
-        with Emulator(EmulatorConfig.for_cli()) as emu:
+        # Lamina's real 100/min limit, but short runs: a first try should take seconds, not minutes.
+        with Emulator(EmulatorConfig(duration=(1.0, 3.0), seed=0)) as emu:
             yield emu.base_url, emu.key
         return
     key = os.environ.get("LAMINA_API_KEY", "").strip()

@@ -47,6 +47,7 @@ from .events import (
 from .matrix import expand_runs, render_inputs
 from .models import ItemPlan, PlannedRun, RemoteRun, RunOutput, RunRecord, RunState
 from .templates import render_download_path
+from .webhooks import Delivery, SigningKeys, WebhookReceiver
 
 if TYPE_CHECKING:
     from .client import LaminaClient
@@ -283,6 +284,9 @@ class Executor:
         self._download_failures = 0
         self._last_notice: dict[str, float] = {}
         self._start_backoffs: dict[str, _Backoff] = {}
+        self._receiver: WebhookReceiver | None = None
+        self._hooked: dict[str, RemoteRun] = {}  # terminal runs reported by webhook, by remote id
+        self._hook_waiters: dict[str, asyncio.Future[RemoteRun]] = {}
         self._error: BaseException | None = None
 
     # ------------------------------------------------------------------ public
@@ -308,7 +312,14 @@ class Executor:
         own failure (it is recorded), only for bugs and manifest errors."""
         await self._prepass()
         if not self._hard.is_set():
-            await self._stream()
+            if self._o.webhook_url is not None and self._o.listen is not None:
+                await self._start_receiver(*self._o.listen)
+            try:
+                await self._stream()
+            finally:
+                if self._receiver is not None:
+                    await self._receiver.stop()
+                    self._receiver = None
         if self._error is not None:
             raise self._error
         return RunResult(
@@ -822,12 +833,63 @@ class Executor:
             if older or not page.items or offset >= page.total:
                 return found
 
+    # ------------------------------------------------------------------ webhook mode
+
+    async def _start_receiver(self, host: str, port: int) -> None:
+        cache = self._p.manifest.with_name(self._p.manifest.name + ".webhook-keys.json")
+        keys = await SigningKeys.load(cache, self._c.signing_keys)
+        receiver = WebhookReceiver(host, port, keys, self._on_delivery)
+        await receiver.start()
+        self._receiver = receiver
+
+    async def _on_delivery(self, delivery: Delivery) -> bool:
+        """A verified delivery: deduplicated in the manifest, handed to the run waiting for it."""
+        run = delivery.run
+        new = self._m.record_webhook(delivery.request_id, run.run_id, run.status)
+        # A redelivery after a restart may be the only news of a run: hand it over even when seen before.
+        if run.terminal:
+            self._hooked[run.run_id] = run
+            waiter = self._hook_waiters.pop(run.run_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(run)
+        return new
+
+    async def _await_webhook(self, run: PlannedRun, remote_id: str, deadline: float) -> RemoteRun | None:
+        """The run's webhook result, or None after the grace period (then the caller polls as a safety net)."""
+        if remote_id in self._hooked:
+            return self._hooked.pop(remote_id)
+        median = self._median(run.app_id) or 0.0
+        grace = min(max(60.0, 2.0 * median), max(0.0, deadline - self._now()))
+        waiter: asyncio.Future[RemoteRun] = asyncio.get_running_loop().create_future()
+        self._hook_waiters[remote_id] = waiter
+        timer = asyncio.ensure_future(self._sleep(grace))
+        stop = asyncio.ensure_future(self._hard.wait())
+        pending: set[asyncio.Future[Any]] = {waiter, timer, stop}
+        try:
+            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            stop.cancel()
+            self._hook_waiters.pop(remote_id, None)
+        if waiter.done():
+            self._hooked.pop(remote_id, None)
+            return waiter.result()
+        waiter.cancel()
+        if self._hard.is_set():
+            raise _Interrupted
+        self._notice("webhook-late", f"no webhook within {grace:.0f} s for a {run.step_id} run: polling it")
+        return None
+
     # ------------------------------------------------------------------ waiting for a result
 
     async def _follow(self, run: PlannedRun, started: _Started) -> RemoteRun | _TimedOut:
         deadline = started.submitted_at + self._settings.timeout
         if started.first is not None and started.first.terminal:
             return started.first
+        if self._receiver is not None:
+            hooked = await self._await_webhook(run, started.remote_id, deadline)
+            if hooked is not None:
+                return hooked
         if self._c.supports_wait:
             return await self._follow_wait(run, started.remote_id, deadline)
         return await self._follow_poll(run, started.remote_id, deadline, started.submitted_at)

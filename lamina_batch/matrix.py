@@ -229,18 +229,22 @@ def _source_rows(pipeline: Pipeline, sink: _Collector, counter: list[int]) -> It
 # --------------------------------------------------------------------------- items
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def _digest(obj: Any) -> bytes:
-    return hashlib.sha256(
-        json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    ).digest()
+    """sha256 of canonical JSON (sorted keys, compact, UTF-8): the basis of every identity."""
+    return hashlib.sha256(_CANONICAL.encode(obj).encode("utf-8")).digest()
 
 
 def item_identity(row: Mapping[str, str], axes: Mapping[str, str], key: str | None, occurrence: int) -> str:
     """Stable id of a matrix item: the key value (+ axes), else the row values + axes + occurrence among
     identical rows, so reordering or inserting rows changes no existing item id."""
     if key is not None:
-        return _digest(["item", "key", key, axes]).hex()[:IDENTITY_HEX]
-    return _digest(["item", "row", row, axes, occurrence]).hex()[:IDENTITY_HEX]
+        text = f"item/key\x1f{_CANONICAL.encode(key)}\x1f{_CANONICAL.encode(axes)}"
+    else:
+        text = f"item/row\x1f{_CANONICAL.encode(row)}\x1f{_CANONICAL.encode(axes)}\x1f{occurrence}"
+    return hashlib.sha256(text.encode()).hexdigest()[:IDENTITY_HEX]
 
 
 def _items(
@@ -342,14 +346,24 @@ def run_identity(
 ) -> str:
     """DESIGN.md §2: hash of step id, app id, rendered inputs, output selection, axes, and the key value
     (or, without a key, the occurrence number among items rendering identical inputs for this step)."""
-    base = _run_base(step, inputs, axes)
-    tail = ["key", key] if key is not None else ["occurrence", occurrence]
-    return _digest([base, tail]).hex()[:IDENTITY_HEX]
+    base = _run_base(_step_prefix(step), inputs, axes)
+    return _finish_identity(base, key, occurrence)
 
 
-def _run_base(step: Step, inputs: Mapping[str, Any], axes: Mapping[str, str]) -> list[Any]:
+# The hashed text is canonical JSON parts joined by \x1f, which JSON always escapes inside strings, so the
+# parts cannot run into each other. Built from parts so the per-step part is encoded once, not per row.
+def _step_prefix(step: Step) -> str:
     outputs = sorted(step.outputs) if step.outputs is not None else None
-    return ["run/1", step.id, step.app, inputs, outputs, axes]
+    return _CANONICAL.encode(["run/1", step.id, step.app, outputs])
+
+
+def _run_base(prefix: str, inputs: Mapping[str, Any], axes: Mapping[str, str]) -> str:
+    return f"{prefix}\x1f{_CANONICAL.encode(inputs)}\x1f{_CANONICAL.encode(axes)}"
+
+
+def _finish_identity(base: str, key: str | None, occurrence: int) -> str:
+    tail = _CANONICAL.encode(["key", key] if key is not None else ["occurrence", occurrence])
+    return hashlib.sha256(f"{base}\x1f{tail}".encode()).hexdigest()[:IDENTITY_HEX]
 
 
 _EMPTY_STEPS = Namespace("upstream step")
@@ -373,13 +387,18 @@ class _Planner:
                     found.add(n)
                     todo.extend(pipeline.step(n).needs)
             self.ancestors[step.id] = tuple(s for s in order if s in found)
-        self.compiled: dict[str, list[tuple[str, Any, jinja2.Template | None]]] = {}
+        self.compiled: dict[str, list[tuple[str, Any, templates.CompiledTemplate | None]]] = {}
         for step in pipeline.steps:
             self.compiled[step.id] = [
                 (name, value, templates.compile_template(value) if templates.is_template(value) else None)
                 for name, value in step.inputs.items()
             ]
         self.labels = {s.id: s.outputs for s in pipeline.steps}
+        self.prefixes = {s.id: _step_prefix(s) for s in pipeline.steps}
+        self.uses_steps = {
+            s.id: any(c is not None and templates.uses_name(c.source, "steps") for _, _, c in self.compiled[s.id])
+            for s in pipeline.steps
+        }
         self.occurrences: dict[bytes, int] = {}
 
     def plan(
@@ -389,7 +408,7 @@ class _Planner:
         runs: list[PlannedRun] = []
         for step in self.pipeline.steps:
             ancestors = self.ancestors[step.id]
-            if ancestors:
+            if ancestors and self.uses_steps[step.id]:
                 steps_ns = Namespace(
                     "upstream step",
                     {a: templates.placeholder_step(identities[a], self.labels[a]) for a in ancestors},
@@ -409,15 +428,13 @@ class _Planner:
                         raise _located(self.pipeline, step, name, item.row_number, e) from None
                     report(step.id, name, e.problems[0].message)
                     inputs[name] = f"<invalid:{name}>"
-            base = _run_base(step, inputs, item.axes)
-            if self.key is not None:
-                tail: list[Any] = ["key", item.key]
-            else:
-                d = _digest(base)[:16]
+            base = _run_base(self.prefixes[step.id], inputs, item.axes)
+            occurrence = 0
+            if self.key is None:
+                d = hashlib.sha256(base.encode()).digest()[:16]
                 occurrence = self.occurrences.get(d, 0)
                 self.occurrences[d] = occurrence + 1
-                tail = ["occurrence", occurrence]
-            identity = _digest([base, tail]).hex()[:IDENTITY_HEX]
+            identity = _finish_identity(base, item.key if self.key is not None else None, occurrence)
             identities[step.id] = identity
             runs.append(
                 PlannedRun(
@@ -547,7 +564,7 @@ def _check_download(
     run: PlannedRun,
     row_ns: Namespace,
     axes_ns: Namespace,
-    download: jinja2.Template,
+    download: templates.CompiledTemplate,
     sink: _Collector,
 ) -> None:
     step = pipeline.step(run.step_id)

@@ -113,11 +113,10 @@ class FakeClient:
 
     def _remote(self, run: FakeRun) -> RemoteRun:
         done = run.status in ("completed", "failed", "cancelled")
-        if not done and not run.hang and self.clock.now() >= run.created + run.duration:
+        if not done and not run.hang and self.clock.now() >= run.created + run.duration - 1e-3:
             run.status = "failed" if run.fail else "completed"
             self.active -= 1
             done = True
-        iso = lambda t: datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")  # noqa: E731
         outputs: tuple[RunOutput, ...] = ()
         if run.status == "completed":
             outputs = (RunOutput("o1", "Image", "image", f"https://files.test/{run.run_id}.png", "completed"),)
@@ -156,7 +155,7 @@ class FakeClient:
             raise UnknownOutcomeError("reply lost")
         return RemoteRun(run.run_id, "queued")
 
-    async def wait(self, run_id: str, timeout: float = 60) -> RemoteRun:
+    async def wait(self, run_id: str, timeout: float = 60) -> RemoteRun:  # noqa: ASYNC109 - server-side hold
         self.requests.append(("wait", run_id))
         if self.wait_errors > 0:
             self.wait_errors -= 1
@@ -205,6 +204,10 @@ class FakeClient:
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
 
 def write_pipeline(
@@ -445,9 +448,7 @@ def test_executions_lost_reply_is_unknown_unless_restart_unknown(
     assert client.count("start") == 2
 
 
-def test_crash_leftover_is_reconciled_before_new_starts(
-    tmp_path: Path, manifest: Manifest, clock: FakeClock
-) -> None:
+def test_crash_leftover_is_reconciled_before_new_starts(tmp_path: Path, manifest: Manifest, clock: FakeClock) -> None:
     """A `submitting` record without remote id (a crash after the intent) is adopted from the runs list."""
     client = FakeClient(clock)
     pipeline = write_pipeline(tmp_path, rows(2))
@@ -552,9 +553,7 @@ def test_max_failures_stops_new_starts(tmp_path: Path, manifest: Manifest, clock
     assert result.message is not None
 
 
-def test_fatal_answer_stops_starts_and_keeps_run_pending(
-    tmp_path: Path, manifest: Manifest, clock: FakeClock
-) -> None:
+def test_fatal_answer_stops_starts_and_keeps_run_pending(tmp_path: Path, manifest: Manifest, clock: FakeClock) -> None:
     """A 401 on start stops every new start; the refused run goes back to pending (exit 3, resumable)."""
     client = FakeClient(clock)
     client.start_script = ["auth"]
@@ -578,9 +577,7 @@ def test_validation_error_fails_only_that_run(tmp_path: Path, manifest: Manifest
     assert failed.error_code == "VALIDATION_ERROR"
 
 
-def test_sigint_returns_promptly_and_leaves_runs_running(
-    tmp_path: Path, manifest: Manifest, clock: FakeClock
-) -> None:
+def test_sigint_returns_promptly_and_leaves_runs_running(tmp_path: Path, manifest: Manifest, clock: FakeClock) -> None:
     """A signal stop abandons waiting at once; started runs stay `running` with their remote id."""
     client = FakeClient(clock)
     client.hang = True
@@ -634,7 +631,9 @@ def test_executions_first_poll_near_median_duration(tmp_path: Path, manifest: Ma
 def _png_transport(calls: list[str]) -> httpx.MockTransport:
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(str(request.url))
-        return httpx.Response(200, content=b"\x89PNG fake " + request.url.path.encode(), headers={"content-type": "image/png"})
+        return httpx.Response(
+            200, content=b"\x89PNG fake " + request.url.path.encode(), headers={"content-type": "image/png"}
+        )
 
     return httpx.MockTransport(handler)
 

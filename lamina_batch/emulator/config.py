@@ -37,6 +37,7 @@ import hashlib
 import re
 import uuid
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +93,14 @@ class OutputDef:
     type: str = "image"
 
     def output_id(self, app_id: str) -> str:
-        digest = hashlib.sha256(f"{app_id}/{self.index}/{self.label}".encode()).hexdigest()
-        return f"aiDesignerNode-{digest[:12]}"
+        return _output_id(app_id, self.index, self.label)
+
+
+@lru_cache(maxsize=4096)
+def _output_id(app_id: str, index: int, label: str) -> str:
+    # cached: every status reply names every output
+    digest = hashlib.sha256(f"{app_id}/{index}/{label}".encode()).hexdigest()
+    return f"aiDesignerNode-{digest[:12]}"
 
 
 @dataclass(frozen=True)

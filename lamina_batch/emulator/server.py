@@ -230,7 +230,7 @@ class EmulatorCore:
         self._tasks: set[asyncio.Task[None]] = set()
         self._registry = ConnectionRegistry()
         self._server: asyncio.Server | None = None
-        self._http: httpx.AsyncClient | None = None
+        self._http_ready: asyncio.Future[httpx.AsyncClient] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---- lifecycle of the server ------------------------------------------------------------------
@@ -262,8 +262,9 @@ class EmulatorCore:
             t.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._http is not None:
-            await self._http.aclose()
+        if self._http_ready is not None:
+            client = await self._http_ready
+            await client.aclose()
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -706,14 +707,20 @@ class EmulatorCore:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _webhook_client(self) -> httpx.AsyncClient:
+        # building an httpx client loads CA certificates (~0.1 s): do it off the loop, once
+        if self._http_ready is None:
+            loop = asyncio.get_running_loop()
+            self._http_ready = loop.run_in_executor(None, lambda: httpx.AsyncClient(timeout=10.0))
+        return await asyncio.shield(self._http_ready)
+
     async def _deliver(self, run: _Run, id_field: str) -> None:
         url = run.webhook
         assert url is not None
         if self.config.p_webhook_drop and self._fault_rng.random() < self.config.p_webhook_drop:
             self.stats.webhooks_dropped += 1
             return
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=10.0)
+        http = await self._webhook_client()
         now = max(time.time(), run.end_at if run.cancelled_at is None else run.cancelled_at)
         raw = json.dumps({"data": self._status_body(run, now, id_field)}, separators=(",", ":")).encode()
         delays = self.config.webhook_retry_delays
@@ -727,7 +734,7 @@ class EmulatorCore:
                 "X-Lamina-Webhook-User-Id": self.config.webhook_user_id,
             }
             try:
-                resp = await self._http.post(url, content=raw, headers=headers)
+                resp = await http.post(url, content=raw, headers=headers)
                 status = resp.status_code
             except httpx.HTTPError:
                 status = 0
@@ -800,6 +807,7 @@ class Emulator:
         with self._lock:
             if self._thread is not None:
                 return self.base_url
+            self._ready.clear()
             self._thread = threading.Thread(target=self._main, name="lamina-emulator", daemon=True)
             self._thread.start()
         self._ready.wait()
@@ -823,6 +831,7 @@ class Emulator:
         finally:
             loop.run_until_complete(self._core.close())
             loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
             loop.close()
 
     def stop(self) -> None:

@@ -1,0 +1,366 @@
+"""Benchmark plumbing: the emulator in its own process, contenders as measured subprocesses (wall, rusage),
+the contenders' command lines, machine facts, and the Markdown/JSON rendering of results.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+APP_ID = "app_7Hk2"
+KEY_ENV = "LAMINA_API_KEY"
+
+
+# --------------------------------------------------------------------------- the emulator, out of process
+
+
+@dataclass(frozen=True)
+class EmuSettings:
+    """What the emulator is told: run duration (seconds, or a [lo, hi] range), rate limit per window."""
+
+    duration: float | tuple[float, float]
+    rate_limit: int | None
+    rate_window: float = 60.0
+    seed: int = 1
+    queued: float = 0.0
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["duration"] = list(self.duration) if isinstance(self.duration, tuple) else self.duration
+        return json.dumps(d)
+
+
+@dataclass(frozen=True)
+class EmuStats:
+    """Counts as the server saw them."""
+
+    api_requests: int
+    starts: int
+    duplicate_starts: int
+    sent_429: int
+    peak_active: int
+    webhooks_delivered: int
+    completed: int
+    server_cpu: float
+
+
+class EmulatorProcess:
+    """`emulator_proc.py` in a child process; `stats()` asks it for the server-side counters."""
+
+    def __init__(self, settings: EmuSettings) -> None:
+        self.settings = settings
+        self._proc = subprocess.Popen(
+            [sys.executable, str(HERE / "emulator_proc.py"), settings.to_json()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
+        banner = self._readline()
+        # "Lamina emulator on http://127.0.0.1:PORT (key K)"
+        try:
+            self.base_url = banner.split(" on ", 1)[1].split(" ", 1)[0]
+            self.key = banner.rsplit("(key ", 1)[1].rstrip(")\n ")
+        except IndexError:
+            self.close()
+            raise RuntimeError(f"the emulator did not start: {banner!r}") from None
+
+    def _readline(self) -> str:
+        assert self._proc.stdout is not None
+        line = self._proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the emulator process exited")
+        return line
+
+    def _ask(self, cmd: str) -> dict[str, Any]:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(cmd + "\n")
+        self._proc.stdin.flush()
+        result: dict[str, Any] = json.loads(self._readline())
+        return result
+
+    def starts(self) -> int:
+        return int(self._ask("starts")["starts"])
+
+    def stats(self) -> EmuStats:
+        d = self._ask("stats")
+        return EmuStats(
+            api_requests=d["api_requests"],
+            starts=d["starts"],
+            duplicate_starts=d["duplicate_starts"],
+            sent_429=d["sent_429"],
+            peak_active=d["peak_active"],
+            webhooks_delivered=d["webhooks_delivered"],
+            completed=int(d["statuses"].get("completed", 0)),
+            server_cpu=float(d["server_cpu"]),
+        )
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            try:
+                assert self._proc.stdin is not None
+                self._proc.stdin.close()
+                self._proc.wait(timeout=15)
+            except (OSError, subprocess.TimeoutExpired):
+                self._proc.kill()
+                self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+
+
+@contextmanager
+def emulator(settings: EmuSettings) -> Iterator[EmulatorProcess]:
+    emu = EmulatorProcess(settings)
+    try:
+        yield emu
+    finally:
+        emu.close()
+
+
+# --------------------------------------------------------------------------- measured contender processes
+
+
+@dataclass(frozen=True)
+class ProcResult:
+    """One contender process: exit code (negative = signal), wall seconds, CPU seconds, peak RSS in MiB."""
+
+    exit_code: int
+    wall: float
+    cpu: float
+    peak_rss_mib: float
+    killed: bool
+    timed_out: bool
+    last_error: str
+
+
+def run_measured(
+    argv: Sequence[str],
+    *,
+    env: dict[str, str],
+    log: Path,
+    cwd: Path,
+    kill_when: Callable[[], bool] | None = None,
+    timeout: float = 1800.0,
+) -> ProcResult:
+    """Run argv to completion (or SIGKILL it once `kill_when()` is true) and read its rusage with wait4."""
+    with open(log, "wb") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(list(argv), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        killed = timed_out = False
+        while True:
+            pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if kill_when is not None and not killed and kill_when():
+                os.kill(proc.pid, signal.SIGKILL)
+                killed = True
+            elif time.perf_counter() - t0 > timeout and not timed_out:
+                os.kill(proc.pid, signal.SIGKILL)
+                timed_out = True
+            time.sleep(0.01)
+        wall = time.perf_counter() - t0
+    code = os.waitstatus_to_exitcode(status)
+    proc.returncode = code  # reaped by wait4 already; keeps Popen from waiting again
+    lines = [x for x in log.read_text(encoding="utf-8", errors="replace").splitlines() if x.strip()]
+    return ProcResult(
+        exit_code=code,
+        wall=wall,
+        cpu=ru.ru_utime + ru.ru_stime,
+        peak_rss_mib=ru.ru_maxrss / 1024.0,  # Linux reports KiB
+        killed=killed,
+        timed_out=timed_out,
+        last_error=lines[-1][:200] if lines and code != 0 else "",
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# --------------------------------------------------------------------------- contenders' inputs and commands
+
+
+def write_csv(path: Path, n: int) -> Path:
+    """N rows with a unique `key` and `name`; every contender sends `name` as the Prompt input."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["key", "name"])
+        for i in range(n):
+            w.writerow([f"k{i:06d}", f"product {i:06d}"])
+    return path
+
+
+def write_pipeline(folder: Path, csv_path: Path, api: str) -> Path:
+    path = folder / "bench.yaml"
+    path.write_text(
+        "version: 1\n"
+        "name: bench\n"
+        f"api: {api}\n"
+        "matrix:\n"
+        f"  csv: {csv_path.name}\n"
+        "  key: key\n"
+        "steps:\n"
+        "  - id: hero\n"
+        f"    app: {APP_ID}\n"
+        "    inputs:\n"
+        '      Prompt: "{{ row.name }}"\n',
+        encoding="utf-8",
+    )
+    return path
+
+
+def contender_env(emu: EmulatorProcess) -> dict[str, str]:
+    env = dict(os.environ)
+    env[KEY_ENV] = emu.key
+    env["LAMINA_BASE_URL"] = emu.base_url
+    env["PYTHONPATH"] = str(REPO)
+    env.pop("GITHUB_STEP_SUMMARY", None)  # the Markdown report must not land in a CI job summary
+    return env
+
+
+def baseline_argv(
+    script: str, emu: EmulatorProcess, csv_path: Path, concurrency: int, poll: float, api: str
+) -> list[str]:
+    return [
+        sys.executable,
+        str(HERE / "baselines" / script),
+        "--base-url",
+        emu.base_url,
+        "--csv",
+        str(csv_path),
+        "--concurrency",
+        str(concurrency),
+        "--poll-interval",
+        f"{poll:g}",
+        "--api",
+        api,
+    ]
+
+
+def lamina_argv(pipeline: Path, concurrency: int, rate: str, poll: float, webhook_port: int | None = None) -> list[str]:
+    argv = [
+        sys.executable,
+        "-m",
+        "lamina_batch",
+        "run",
+        str(pipeline),
+        "--no-progress",
+        "--concurrency",
+        str(concurrency),
+        "--rate-limit",
+        rate,
+        "--poll-interval",
+        f"{poll:g}s",
+    ]
+    if webhook_port is not None:
+        argv += ["--webhook-url", f"http://127.0.0.1:{webhook_port}/hook", "--listen", f"127.0.0.1:{webhook_port}"]
+    return argv
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table. `wall` is measured; `wall_equiv` = wall x scale (what real Lamina would take)."""
+
+    workload: str
+    contender: str
+    concurrency: int
+    n: int
+    completed: int
+    wall: float | None
+    wall_equiv: float | None
+    ideal_equiv: float
+    requests: int
+    requests_per_run: float | None
+    sent_429: int
+    cpu: float | None
+    cpu_per_1000: float | None
+    peak_rss_mib: float | None
+    duplicate_starts: int
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    uname = os.uname()
+    return {
+        "uname": f"{uname.sysname} {uname.release} {uname.machine}",
+        "cpu": cpu or "unknown",
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+
+def _f(x: float | None, digits: int = 1) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _t(x: float | None) -> str:
+    """Seconds: whole above 100, one decimal below (smoke runs are sub-second)."""
+    return _f(x, 0 if x is not None and x >= 100 else 1)
+
+
+def markdown(meta: dict[str, Any], rows: Sequence[Row]) -> str:
+    """The table the README shows, with how it was produced and what each workload's ideal means."""
+    m = meta["machine"]
+    out = [
+        f"Measured {meta['date']} with `{meta['command']}` on {m['uname']}, {m['cpu']}, {m['cores']} cores, "
+        f"Python {m['python']}. Scale S = {meta['scale']:g}: run durations, Lamina's rate window and every "
+        "contender's poll interval are divided by S; *wall x S* is the measured wall time multiplied by S "
+        "(equivalent real time). Workloads 2 and 6 are not scaled. The emulator and the contender share "
+        "the same cores. Requests, 429s and duplicate starts are counted by the emulator; CPU and peak RSS "
+        "are the contender process's own rusage (wall and CPU include its Python start-up, ~0.3-1 s, which "
+        "x S magnifies).",
+        "",
+        "| workload | contender | C | done/N | wall s | wall x S s | ideal s | req/run | 429s | CPU s "
+        "| CPU s/1k runs | peak RSS MiB | dup starts | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        out.append(
+            f"| {r.workload} | {r.contender} | {r.concurrency} | {r.completed}/{r.n} | {_f(r.wall)} "
+            f"| {_t(r.wall_equiv)} | {_t(r.ideal_equiv)} | {_f(r.requests_per_run, 2)} | {r.sent_429} "
+            f"| {_f(r.cpu, 2)} | {_f(r.cpu_per_1000, 2)} | {_f(r.peak_rss_mib)} | {r.duplicate_starts} | {r.note} |"
+        )
+    out += ["", "Ideal per workload:", ""]
+    out += [f"- **{name}**: {text}" for name, text in meta["ideals"].items()]
+    if meta.get("checks"):
+        out += ["", "Issue 4 targets (computed from the rows above):", ""]
+        out += [f"- {c}" for c in meta["checks"]]
+    return "\n".join(out) + "\n"
+
+
+def write_results(folder: Path, meta: dict[str, Any], rows: Sequence[Row]) -> tuple[Path, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    js = folder / "latest.json"
+    md = folder / "latest.md"
+    js.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2) + "\n", encoding="utf-8")
+    md.write_text(markdown(meta, rows), encoding="utf-8")
+    return js, md

@@ -1,0 +1,197 @@
+"""The CLI's own behaviour: argument handling, exit codes, and each command on the emulator (in-process main())."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lamina_batch.cli import main
+from lamina_batch.emulator import Emulator
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "examples" / "catalogue"
+
+
+@pytest.fixture
+def example(tmp_path: Path) -> Path:
+    """A private copy of the catalogue example (so manifests and downloads land in tmp)."""
+    dest = tmp_path / "catalogue"
+    shutil.copytree(EXAMPLE, dest, ignore=shutil.ignore_patterns("out", "*.sqlite*"))
+    return dest / "pipeline.yaml"
+
+
+@pytest.fixture
+def api_env(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> Emulator:
+    """Point LAMINA_BASE_URL / LAMINA_API_KEY at a fast in-process emulator."""
+    monkeypatch.setenv("LAMINA_BASE_URL", emulator.base_url)
+    monkeypatch.setenv("LAMINA_API_KEY", emulator.key)
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    return emulator
+
+
+def test_no_command_prints_usage_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """`lamina-batch` alone shows usage on stderr and exits 2."""
+    assert main([]) == 2
+    assert "usage" in capsys.readouterr().err
+
+
+def test_misspelt_command_suggests_the_right_one(capsys: pytest.CaptureFixture[str]) -> None:
+    """A misspelt command exits 2 with a did-you-mean hint, no traceback."""
+    assert main(["valdate", "x.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'validate'" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "text"),
+    [
+        (["--shard", "3/2"], "1 <= I <= N"),
+        (["--shard", "x"], "I/N"),
+        (["--concurrency", "0"], "1 or more"),
+        (["--report", "pdf=out.pdf"], "unknown report format"),
+        (["--report", "htm=out.html"], "did you mean 'html'"),
+        (["--timeout", "soon"], "not a duration"),
+        (["--listen", "nowhere"], "HOST:PORT"),
+    ],
+)
+def test_bad_run_flags_exit_2_with_one_clear_line(
+    flag: list[str], text: str, example: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each malformed flag value is refused by name before anything is read or sent."""
+    assert main(["run", str(example), *flag]) == 2
+    err = capsys.readouterr().err
+    assert text in err
+    assert "Traceback" not in err
+
+
+def test_bad_rate_limit_flag_names_the_flag(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--rate-limit with a malformed rate exits 2 naming the flag and an example."""
+    assert main(["run", str(example), "--rate-limit", "fast", "--emulator"]) == 2
+    err = capsys.readouterr().err
+    assert "--rate-limit" in err
+    assert "90/min" in err
+
+
+def test_validate_example_prints_one_summary_line(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`validate` on the shipped example exits 0 with rows/steps/runs on one line."""
+    assert main(["validate", str(example)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1
+    assert "valid" in out[0]
+    assert "runs" in out[0]
+
+
+def test_validate_check_apps_on_the_emulator(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`validate --check-apps --emulator` fetches the apps and accepts the example's inputs."""
+    assert main(["validate", str(example), "--check-apps", "--emulator"]) == 0
+    assert "apps checked" in capsys.readouterr().out
+
+
+def test_bare_pipeline_argument_means_run(example: Path, api_env: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    """`lamina-batch PIPELINE` runs it: exit 0 and every run completed; a second call starts nothing."""
+    assert main([str(example), "--no-progress", "--rate-limit", "50/s"]) == 0
+    starts = api_env.stats.starts
+    assert starts > 0
+    assert main([str(example), "--no-progress", "--rate-limit", "50/s"]) == 0
+    assert api_env.stats.starts == starts
+    assert "0 started now" in capsys.readouterr().out
+
+
+def test_plan_status_and_reports_after_a_run(
+    example: Path, api_env: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After a run, `plan` says everything is reused, `status` exits 0 and every report format is written."""
+    assert main(["run", str(example), "--no-progress", "--rate-limit", "50/s"]) == 0
+    capsys.readouterr()
+    assert main(["plan", str(example), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["summary"]["new"] == 0
+    assert plan["summary"]["reused"] > 0
+    assert main(["status", str(example)]) == 0
+    assert "completed" in capsys.readouterr().out
+    for fmt in ("csv", "jsonl", "junit", "html", "markdown"):
+        target = tmp_path / f"report.{fmt}"
+        assert main(["report", str(example), "--format", fmt, "-o", str(target)]) == 0
+        assert target.stat().st_size > 0
+
+
+def test_status_without_manifest_exits_2(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`status` before any run says there is no manifest yet and exits 2."""
+    assert main(["status", str(example)]) == 2
+    assert "no manifest yet" in capsys.readouterr().err
+
+
+def test_apps_list_and_show(api_env: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    """`apps list` shows the demo apps; `apps show` prints parameters with options and defaults."""
+    assert main(["apps", "list"]) == 0
+    assert "app_7Hk2" in capsys.readouterr().out
+    assert main(["apps", "show", "app_7Hk2"]) == 0
+    out = capsys.readouterr().out
+    assert "Aspect Ratio" in out
+    assert "16:9" in out
+    assert "required" in out
+    assert main(["apps", "show", "app_7Hk2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["app_id"] == "app_7Hk2"
+
+
+def test_apps_show_unknown_app_exits_2(api_env: Emulator, capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown app id is a clear one-line error with exit 2."""
+    assert main(["apps", "show", "app_nope"]) == 2
+    err = capsys.readouterr().err
+    assert "404" in err
+    assert "Traceback" not in err
+
+
+def test_init_writes_a_pipeline_that_validates(
+    api_env: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`init APP --csv` maps parameters to matching columns and the result passes `validate`."""
+    csv = tmp_path / "products.csv"
+    csv.write_text("sku,Prompt,colour\nA1,A red mug,red\nA2,A blue cup,blue\n", encoding="utf-8")
+    out = tmp_path / "pipeline.yaml"
+    assert main(["init", "app_7Hk2", "--csv", str(csv), "-o", str(out)]) == 0
+    assert "row" in out.read_text()
+    assert main(["validate", str(out)]) == 0
+    assert main(["init", "app_7Hk2", "-o", str(out)]) == 2  # refuses to overwrite
+    assert "--force" in capsys.readouterr().err
+
+
+def test_merge_of_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`merge` names a missing source manifest and exits 2."""
+    assert main(["merge", str(tmp_path / "a.sqlite"), "-o", str(tmp_path / "all.sqlite")]) == 2
+    assert "no such manifest" in capsys.readouterr().err
+
+
+def test_emulator_command_prints_its_banner_first() -> None:
+    """`lamina-batch emulator` prints `Lamina emulator on URL (key K)` as its first line and serves."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lamina_batch", "emulator", "--key", "lma_test"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("Lamina emulator on http://127.0.0.1:")
+        assert "(key lma_test)" in line
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+def test_emulator_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A malformed emulator config file is one line naming the file, exit 2."""
+    cfg = tmp_path / "emu.yaml"
+    cfg.write_text("rate_limit: lots\n", encoding="utf-8")
+    assert main(["emulator", "--config", str(cfg)]) == 2
+    assert "emu.yaml" in capsys.readouterr().err
