@@ -357,10 +357,25 @@ def markdown(meta: dict[str, Any], rows: Sequence[Row]) -> str:
     return "\n".join(out) + "\n"
 
 
+def readme_section(meta: dict[str, Any], rows: Sequence[Row]) -> str:
+    """The README's performance section: generated from the measured rows, never typed in."""
+    return (
+        "## Performance\n\n"
+        "lamina-batch against the two scripts a user would otherwise write, on the same emulator workloads in "
+        "one run: `benchmarks/baselines/guide_script.py` (the Lamina guide's example: start, then poll every "
+        "5 s, one CSV row after another) and `benchmarks/baselines/async_script.py` (asyncio, a semaphore of C, "
+        "5 s polling); both sleep `Retry-After` on a 429. Both are baselines written for this comparison. "
+        "Reproduce with `make bench` (about 15-20 minutes); CI runs `make bench-smoke` (seconds, no thresholds). "
+        "Raw figures: `benchmarks/results/latest.json`.\n\n" + markdown(meta, rows)
+    )
+
+
 def write_results(folder: Path, meta: dict[str, Any], rows: Sequence[Row]) -> tuple[Path, Path]:
+    """latest.json (every figure), latest.md (the table) and README-section.md (for the README)."""
     folder.mkdir(parents=True, exist_ok=True)
     js = folder / "latest.json"
     md = folder / "latest.md"
     js.write_text(json.dumps({"meta": meta, "rows": [asdict(r) for r in rows]}, indent=2) + "\n", encoding="utf-8")
     md.write_text(markdown(meta, rows), encoding="utf-8")
+    (folder / "README-section.md").write_text(readme_section(meta, rows), encoding="utf-8")
     return js, md

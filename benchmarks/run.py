@@ -388,7 +388,9 @@ def checks(rows: Sequence[Row], p: Params) -> list[str]:
         ideal = w2[0].ideal_equiv
         out.append(f"wall time N={p.n_overhead}, C={p.conc_overhead}, {p.dur_overhead:g} s runs, no limit: "
                    f"{w2[0].wall:.1f} s = {w2[0].wall / ideal:.2f}x ideal {ideal:g} s (target <= 1.1x: "
-                   f"{ok[w2[0].wall <= 1.1 * ideal]}); CPU {w2[0].cpu_per_1000} s per 1000 runs")  # fmt: skip
+                   f"{ok[w2[0].wall <= 1.1 * ideal]}); runner CPU {w2[0].cpu_per_1000} s per 1000 runs, "
+                   f"{1000 * (w2[0].cpu or 0.0) / max(1, w2[0].requests):.2f} ms per request at "
+                   f"{p.conc_overhead} in flight")  # fmt: skip
     w6 = lam("6 ")
     if len(w6) == 2 and w6[0].peak_rss_mib and w6[1].peak_rss_mib:
         ratio = w6[1].peak_rss_mib / w6[0].peak_rss_mib

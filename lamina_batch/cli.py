@@ -142,7 +142,7 @@ def _listen(text: str) -> tuple[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true", help="show tracebacks and debug detail")
     common.add_argument("-q", "--quiet", action="store_true", help="only errors and the final line")
 
@@ -403,7 +403,9 @@ def _client(base_url: str, key: str, dialect: Dialect, pipeline: Pipeline | None
     from lamina_batch.client import LaminaClient
 
     if pipeline is not None:
-        return LaminaClient(base_url, key, dialect=dialect, rate=pipeline.run.rate_limit)
+        # every run in flight holds a connection during /wait; leave room for starts and downloads
+        connections = max(128, pipeline.run.concurrency + 16)
+        return LaminaClient(base_url, key, dialect=dialect, rate=pipeline.run.rate_limit, max_connections=connections)
     return LaminaClient(base_url, key, dialect=dialect)
 
 
@@ -435,13 +437,22 @@ def cmd_validate(args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK
 
 
+def _all_problems(pipeline: Pipeline, first: ConfigError) -> ConfigError:
+    """A single pass stops at the first bad row; on failure, a full validation pass lists every problem."""
+    from lamina_batch.matrix import validate_pipeline
+
+    try:
+        validate_pipeline(pipeline)
+    except ConfigError as every:
+        return every
+    return first
+
+
 def cmd_plan(args: argparse.Namespace, out: Out) -> int:
     from lamina_batch.manifest import Manifest
-    from lamina_batch.matrix import validate_pipeline
     from lamina_batch.planner import plan_against_manifest
 
     pipeline = _load(args.pipeline, manifest=args.manifest)
-    validate_pipeline(pipeline)
     mpath = _manifest_path(pipeline, args.shard)
     manifest = Manifest.open(mpath, pipeline_name=pipeline.name, writer=False) if mpath.exists() else None
     try:
@@ -453,6 +464,8 @@ def cmd_plan(args: argparse.Namespace, out: Out) -> int:
             shard=args.shard,
             details=args.json,
         )
+    except ConfigError as e:
+        raise _all_problems(pipeline, e) from None
     finally:
         if manifest is not None:
             manifest.close()
@@ -538,16 +551,6 @@ class Progress:
             bar.close()
 
 
-def _count_plan(pipeline: Pipeline, shard: tuple[int, int] | None) -> dict[str, int]:
-    from lamina_batch.matrix import expand_runs
-
-    totals = {s.id: 0 for s in pipeline.steps}
-    for plan in expand_runs(pipeline, shard=shard):
-        for run in plan.runs:
-            totals[run.step_id] += 1
-    return totals
-
-
 def cmd_run(args: argparse.Namespace, out: Out) -> int:
     from lamina_batch.matrix import validate_pipeline
 
@@ -566,10 +569,17 @@ async def _run_async(pipeline: Pipeline, args: argparse.Namespace, out: Out, bas
     from lamina_batch.preflight import check_apps
 
     async with _client(base_url, key, pipeline.api, pipeline) as client:
-        problems = await check_apps(pipeline, client, expand_runs(pipeline, shard=args.shard))
+        totals = {s.id: 0 for s in pipeline.steps}
+
+        def counted() -> Iterator[Any]:
+            for plan in expand_runs(pipeline, shard=args.shard):
+                for run in plan.runs:
+                    totals[run.step_id] += 1
+                yield plan
+
+        problems = await check_apps(pipeline, client, counted())
         if problems:
             raise ConfigError(problems)
-        totals = _count_plan(pipeline, args.shard)
         listen = None
         if pipeline.run.webhook is not None:
             host, _, port = pipeline.run.webhook.listen.rpartition(":")

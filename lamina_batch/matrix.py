@@ -195,6 +195,20 @@ def _csv_rows(path: Path, sink: _Collector, counter: list[int]) -> Iterator[_Row
             sink.add(Problem("CSV file is empty; the first line must be a header row", file=file, path="matrix.csv"))
 
 
+def read_csv_header(path: Path) -> list[str]:
+    """The header row of a CSV (for `init --csv`), with the same checks and messages as the matrix reader."""
+    sink = _Collector(collect=False)
+    header: list[str] = []
+    for row in _csv_rows(path, sink, [0]):
+        header = list(row.values)
+        break
+    else:
+        with path.open("rb") as f:
+            first = next(csv.reader(_decoded_lines(f)), [])
+        header = [h.strip() for h in first]
+    return header
+
+
 def _header_ok(header: list[str], file: str, line: int, sink: _Collector) -> bool:
     ok = True
     seen: dict[str, int] = {}
@@ -230,6 +244,8 @@ def _source_rows(pipeline: Pipeline, sink: _Collector, counter: list[int]) -> It
 
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+# the same text _CANONICAL gives for a str, without the encoder's per-call setup
+_json_str = json.encoder.encode_basestring
 
 
 def _digest(obj: Any) -> bytes:
@@ -240,10 +256,14 @@ def _digest(obj: Any) -> bytes:
 def item_identity(row: Mapping[str, str], axes: Mapping[str, str], key: str | None, occurrence: int) -> str:
     """Stable id of a matrix item: the key value (+ axes), else the row values + axes + occurrence among
     identical rows, so reordering or inserting rows changes no existing item id."""
+    return _item_identity(row, _CANONICAL.encode(axes), key, occurrence)
+
+
+def _item_identity(row: Mapping[str, str], axes_json: str, key: str | None, occurrence: int) -> str:
     if key is not None:
-        text = f"item/key\x1f{_CANONICAL.encode(key)}\x1f{_CANONICAL.encode(axes)}"
+        text = f"item/key\x1f{_json_str(key)}\x1f{axes_json}"
     else:
-        text = f"item/row\x1f{_CANONICAL.encode(row)}\x1f{_CANONICAL.encode(axes)}\x1f{occurrence}"
+        text = f"item/row\x1f{_CANONICAL.encode(row)}\x1f{axes_json}\x1f{occurrence}"
     return hashlib.sha256(text.encode()).hexdigest()[:IDENTITY_HEX]
 
 
@@ -257,6 +277,7 @@ def _items(
     axis_names = [name for name, _ in spec.axes]
     combos = [dict(zip(axis_names, values, strict=True)) for values in itertools.product(*(v for _, v in spec.axes))]
     axes_ns = [templates.axes_context(c) for c in combos]
+    axes_json = [_CANONICAL.encode(c) for c in combos]
     key_col = spec.key
     seen_keys: dict[str, int] = {}
     row_occurrences: dict[bytes, int] = {}
@@ -315,13 +336,13 @@ def _items(
         if key is None:
             occurrence = row_occurrences.get(row_digest, 0)
             row_occurrences[row_digest] = occurrence + 1
-        for combo, ans in zip(combos, axes_ns, strict=True):
+        for combo, ans, ajson in zip(combos, axes_ns, axes_json, strict=True):
             item = MatrixItem(
                 row_number=row.number,
                 row=row.values,
                 axes=combo,
                 key=key,
-                item_id=item_identity(row.values, combo, key, occurrence),
+                item_id=_item_identity(row.values, ajson, key, occurrence),
             )
             yield item, row_ns, ans
 
@@ -346,8 +367,8 @@ def run_identity(
 ) -> str:
     """DESIGN.md §2: hash of step id, app id, rendered inputs, output selection, axes, and the key value
     (or, without a key, the occurrence number among items rendering identical inputs for this step)."""
-    base = _run_base(_step_prefix(step), inputs, axes)
-    return _finish_identity(base, key, occurrence)
+    base = _run_base(_step_prefix(step), inputs, _CANONICAL.encode(axes))
+    return _finish_identity(base, _tail(key, occurrence))
 
 
 # The hashed text is canonical JSON parts joined by \x1f, which JSON always escapes inside strings, so the
@@ -357,12 +378,15 @@ def _step_prefix(step: Step) -> str:
     return _CANONICAL.encode(["run/1", step.id, step.app, outputs])
 
 
-def _run_base(prefix: str, inputs: Mapping[str, Any], axes: Mapping[str, str]) -> str:
-    return f"{prefix}\x1f{_CANONICAL.encode(inputs)}\x1f{_CANONICAL.encode(axes)}"
+def _run_base(prefix: str, inputs: Mapping[str, Any], axes_json: str) -> str:
+    return f"{prefix}\x1f{_CANONICAL.encode(inputs)}\x1f{axes_json}"
 
 
-def _finish_identity(base: str, key: str | None, occurrence: int) -> str:
-    tail = _CANONICAL.encode(["key", key] if key is not None else ["occurrence", occurrence])
+def _tail(key: str | None, occurrence: int) -> str:
+    return f'["key",{_json_str(key)}]' if key is not None else f'["occurrence",{occurrence}]'
+
+
+def _finish_identity(base: str, tail: str) -> str:
     return hashlib.sha256(f"{base}\x1f{tail}".encode()).hexdigest()[:IDENTITY_HEX]
 
 
@@ -395,10 +419,28 @@ class _Planner:
             ]
         self.labels = {s.id: s.outputs for s in pipeline.steps}
         self.prefixes = {s.id: _step_prefix(s) for s in pipeline.steps}
+        self._axes_json: tuple[Mapping[str, str], str] | None = None
+        # `.outputs` placeholders cost a list per run; build them only for steps whose templates might read them
+        self.uses_outputs = {
+            s.id: any(c is not None and "outputs" in c.source for _, _, c in self.compiled[s.id])
+            for s in pipeline.steps
+        }
         self.uses_steps = {
             s.id: any(c is not None and templates.uses_name(c.source, "steps") for _, _, c in self.compiled[s.id])
             for s in pipeline.steps
         }
+        # everything plan() needs per step, looked up once instead of per row
+        self.per_step = [
+            (
+                s,
+                self.ancestors[s.id],
+                bool(self.ancestors[s.id]) and self.uses_steps[s.id],
+                self.uses_outputs[s.id],
+                self.compiled[s.id],
+                self.prefixes[s.id],
+            )
+            for s in pipeline.steps
+        ]
         self.occurrences: dict[bytes, int] = {}
 
     def plan(
@@ -406,18 +448,22 @@ class _Planner:
     ) -> tuple[PlannedRun, ...]:
         identities: dict[str, str] = {}
         runs: list[PlannedRun] = []
-        for step in self.pipeline.steps:
-            ancestors = self.ancestors[step.id]
-            if ancestors and self.uses_steps[step.id]:
+        cached = self._axes_json
+        if cached is None or cached[0] is not item.axes:  # items of one combination share its dict
+            cached = self._axes_json = (item.axes, _CANONICAL.encode(item.axes))
+        axes_json = cached[1]
+        key_tail = _tail(item.key, 0) if self.key is not None else None
+        for step, ancestors, needs_steps, with_outputs, compiled_inputs, prefix in self.per_step:
+            if needs_steps:
                 steps_ns = Namespace(
                     "upstream step",
-                    {a: templates.placeholder_step(identities[a], self.labels[a]) for a in ancestors},
+                    {a: templates.placeholder_step(identities[a], self.labels[a], with_outputs) for a in ancestors},
                 )
             else:
                 steps_ns = _EMPTY_STEPS
             context = {"row": row_ns, "row_number": item.row_number, "axes": axes_ns, "steps": steps_ns}
             inputs: dict[str, Any] = {}
-            for name, value, compiled in self.compiled[step.id]:
+            for name, value, compiled in compiled_inputs:
                 if compiled is None:
                     inputs[name] = value
                     continue
@@ -428,13 +474,14 @@ class _Planner:
                         raise _located(self.pipeline, step, name, item.row_number, e) from None
                     report(step.id, name, e.problems[0].message)
                     inputs[name] = f"<invalid:{name}>"
-            base = _run_base(self.prefixes[step.id], inputs, item.axes)
-            occurrence = 0
-            if self.key is None:
+            base = _run_base(prefix, inputs, axes_json)
+            if key_tail is None:
                 d = hashlib.sha256(base.encode()).digest()[:16]
                 occurrence = self.occurrences.get(d, 0)
                 self.occurrences[d] = occurrence + 1
-            identity = _finish_identity(base, item.key if self.key is not None else None, occurrence)
+                identity = _finish_identity(base, _tail(None, occurrence))
+            else:
+                identity = _finish_identity(base, key_tail)
             identities[step.id] = identity
             runs.append(
                 PlannedRun(
@@ -444,7 +491,7 @@ class _Planner:
                     item=item,
                     inputs=inputs,
                     output_labels=step.outputs,
-                    needs={a: identities[a] for a in ancestors},
+                    needs={a: identities[a] for a in ancestors} if ancestors else {},
                 )
             )
         return tuple(runs)

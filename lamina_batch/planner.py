@@ -53,11 +53,15 @@ class PlanEntry:
     reason: str
     state: RunState | None = None
     remote_id: str | None = None
+    app_id: str = ""
+    inputs: Mapping[str, Any] = field(default_factory=dict)  # rendered; upstream outputs as placeholders
+    needs: Mapping[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "identity": self.identity,
             "step": self.step_id,
+            "app": self.app_id,
             "row_number": self.row_number,
             "row_key": self.row_key,
             "axes": dict(self.axes),
@@ -65,6 +69,8 @@ class PlanEntry:
             "reason": self.reason,
             "state": None if self.state is None else self.state.value,
             "remote_id": self.remote_id,
+            "inputs": dict(self.inputs),
+            "needs": dict(self.needs),
         }
 
 
@@ -247,6 +253,9 @@ def plan_against_manifest(
                         reason,
                         None if known is None else known.state,
                         None if known is None else known.remote_id,
+                        run.app_id,
+                        run.inputs,
+                        run.needs,
                     )
                 )
     orphans: list[OrphanEntry] = []

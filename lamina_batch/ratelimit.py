@@ -25,6 +25,8 @@ def window_of(rate: Rate) -> tuple[int, float]:
     if not (rate.count > 0 and rate.per_seconds > 0):
         raise ValueError(f"rate must be positive, got {rate}")
     count = max(1, math.floor(rate.count))
+    if count == rate.count:
+        return count, rate.per_seconds  # exact: no float round trip through count / count
     return count, rate.per_seconds * count / rate.count
 
 

@@ -183,8 +183,9 @@ def _node_lines(node: yaml.Node) -> dict[JsonPath, int]:
 
 
 def _load_yaml(text: str, file: str) -> tuple[Any, dict[JsonPath, int]]:
-    loader = _LineLoader(text)
+    loader: _LineLoader | None = None
     try:
+        loader = _LineLoader(text)  # the reader already refuses control characters here
         node = loader.get_single_node()
         if node is None:
             raise SpecError(Problem("the file is empty; a pipeline needs version, matrix and steps", file=file))
@@ -202,7 +203,8 @@ def _load_yaml(text: str, file: str) -> tuple[Any, dict[JsonPath, int]]:
     except RecursionError:
         raise SpecError(Problem("YAML nested too deeply", file=file)) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 # --------------------------------------------------------------------------- schema

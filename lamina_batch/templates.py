@@ -9,7 +9,7 @@ import functools
 import operator
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jinja2
@@ -214,7 +214,7 @@ class CompiledExpression:
 
     __slots__ = ("source", "template", "tree")
 
-    def __init__(self, source: str, template: jinja2.Template, tree: nodes.Expr | None) -> None:
+    def __init__(self, source: str, template: jinja2.Template, tree: Callable[[Mapping[str, Any]], Any] | None) -> None:
         self.source = source
         self.template = template
         self.tree = tree
@@ -244,26 +244,38 @@ def _is_simple(node: nodes.Node) -> bool:
     return _lookup(node) is not None
 
 
-def _eval(node: nodes.Node, context: Mapping[str, Any]) -> Any:
+def _closure(node: nodes.Node) -> Callable[[Mapping[str, Any]], Any]:
+    """A simple expression as nested Python closures, built once (with Jinja's semantics: `and`/`or`
+    return an operand, comparisons chain, StrictUndefined raises on use)."""
     if isinstance(node, nodes.Const):
-        return node.value
+        value = node.value
+        return lambda c: value
     if isinstance(node, nodes.And):
-        return _eval(node.left, context) and _eval(node.right, context)
+        left, right = _closure(node.left), _closure(node.right)
+        return lambda c: left(c) and right(c)
     if isinstance(node, nodes.Or):
-        return _eval(node.left, context) or _eval(node.right, context)
+        left, right = _closure(node.left), _closure(node.right)
+        return lambda c: left(c) or right(c)
     if isinstance(node, nodes.Not):
-        return not _eval(node.node, context)
+        inner = _closure(node.node)
+        return lambda c: not inner(c)
     if isinstance(node, nodes.Compare):
-        left = _eval(node.expr, context)
-        for op in node.ops:
-            right = _eval(op.expr, context)
-            if not _COMPARE[op.op](left, right):
-                return False
-            left = right
-        return True
+        first = _closure(node.expr)
+        ops = [(_COMPARE[o.op], _closure(o.expr)) for o in node.ops]
+
+        def compare(c: Mapping[str, Any]) -> bool:
+            left = first(c)
+            for op, get in ops:
+                right = get(c)
+                if not op(left, right):
+                    return False
+                left = right
+            return True
+
+        return compare
     lookup = _lookup(node)
     assert lookup is not None  # _is_simple admitted only these
-    return _resolve(lookup, context)
+    return lambda c: _resolve(lookup, c)
 
 
 @functools.lru_cache(maxsize=256)
@@ -283,7 +295,7 @@ def compile_expression(source: str) -> CompiledExpression:
         template = ENV.from_string(nodes.Template(body, lineno=1))
     except jinja2.TemplateSyntaxError as e:
         raise TemplateError(_syntax_message(e)) from None
-    return CompiledExpression(source, template, expr if _is_simple(expr) else None)
+    return CompiledExpression(source, template, _closure(expr) if _is_simple(expr) else None)
 
 
 def _syntax_message(e: jinja2.TemplateSyntaxError) -> str:
@@ -314,15 +326,18 @@ def _new_context(template: jinja2.Template, context: Mapping[str, Any]) -> jinja
 
 def render(template: CompiledTemplate, context: Mapping[str, Any]) -> str:
     """Render with the output cap; every failure (undefined name, sandbox, runtime) becomes TemplateError."""
+    if template.parts is not None:
+        try:
+            text = "".join([p if p.__class__ is str else str(_resolve(p, context)) for p in template.parts])  # type: ignore[arg-type]
+        except Exception as e:  # user code, as below
+            raise _failure(e) from None
+        if len(text) > MAX_RENDERED_CHARS:
+            raise TemplateError(f"rendered value is longer than {MAX_RENDERED_CHARS} characters")
+        return text
     size = 0
     parts: list[str] = []
     try:
-        chunks = (
-            _render_parts(template.parts, context)
-            if template.parts is not None
-            else template.template.root_render_func(_new_context(template.template, context))
-        )
-        for chunk in chunks:
+        for chunk in template.template.root_render_func(_new_context(template.template, context)):
             size += len(chunk)
             if size > MAX_RENDERED_CHARS:
                 raise TemplateError(f"rendered value is longer than {MAX_RENDERED_CHARS} characters")
@@ -334,14 +349,6 @@ def render(template: CompiledTemplate, context: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
-def _render_parts(parts: tuple[str | Lookup, ...], context: Mapping[str, Any]) -> Iterator[str]:
-    for part in parts:
-        if isinstance(part, str):
-            yield part
-            continue
-        yield str(_resolve(part, context))  # as Jinja's generated code does; StrictUndefined raises here
-
-
 def _resolve(lookup: Lookup, context: Mapping[str, Any]) -> Any:
     root, path = lookup
     if root in context:
@@ -351,7 +358,10 @@ def _resolve(lookup: Lookup, context: Mapping[str, Any]) -> Any:
     else:
         value = ENV.undefined(name=root)
     for subscript, name in path:
-        value = ENV.getitem(value, name) if subscript else ENV.getattr(value, name)
+        if value.__class__ is Namespace and name in value:
+            value = value[name]  # the common case, without the sandbox's generic attribute checks
+        else:
+            value = ENV.getitem(value, name) if subscript else ENV.getattr(value, name)
     return value
 
 
@@ -359,7 +369,7 @@ def evaluate(expression: CompiledExpression, context: Mapping[str, Any]) -> Any:
     """Evaluate a compiled expression; every failure becomes TemplateError."""
     if expression.tree is not None:
         try:
-            return _eval(expression.tree, context)
+            return expression.tree(context)
         except Exception as e:  # user code, as in render()
             raise _failure(e) from None
     ctx = _new_context(expression.template, context)
@@ -453,13 +463,12 @@ def _placeholder_output(identity: str, index: int, label: str | None) -> Namespa
     )
 
 
-def placeholder_step(identity: str, labels: Sequence[str] | None) -> Namespace:
-    """The plan-time `steps.X` entry."""
-    return Namespace(
-        "step field",
-        output=upstream_placeholder(identity),
-        outputs=_PlaceholderOutputs(identity, labels),
-    )
+def placeholder_step(identity: str, labels: Sequence[str] | None, with_outputs: bool = True) -> Namespace:
+    """The plan-time `steps.X` entry (`with_outputs=False` leaves out `.outputs` when nothing reads it)."""
+    step = Namespace("step field", output=upstream_placeholder(identity))
+    if with_outputs:
+        step["outputs"] = _PlaceholderOutputs(identity, labels)
+    return step
 
 
 def steps_context(upstream: Mapping[str, Sequence[RunOutput]]) -> Namespace:

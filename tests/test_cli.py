@@ -112,8 +112,8 @@ def test_plan_status_and_reports_after_a_run(
     capsys.readouterr()
     assert main(["plan", str(example), "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["summary"]["new"] == 0
-    assert plan["summary"]["reused"] > 0
+    assert plan["totals"]["new"] == 0
+    assert plan["totals"]["reused"] > 0
     assert main(["status", str(example)]) == 0
     assert "completed" in capsys.readouterr().out
     for fmt in ("csv", "jsonl", "junit", "html", "markdown"):

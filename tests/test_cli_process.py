@@ -58,7 +58,8 @@ def write_pipeline(
 
 def cli_env(emu: Emulator, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LAMINA_", "COV_", "GITHUB_STEP"))}
-    env.update(LAMINA_BASE_URL=emu.base_url, LAMINA_API_KEY=emu.key, PYTHONUNBUFFERED="1", **extra)
+    env.update(LAMINA_BASE_URL=emu.base_url, LAMINA_API_KEY=emu.key, PYTHONUNBUFFERED="1")
+    env.update(extra)
     return env
 
 
@@ -264,7 +265,7 @@ def test_failed_runs_exit_1_and_retry_failed_reruns_them(tmp_path: Path, emulato
 
 def test_insufficient_credits_stops_with_exit_3(tmp_path: Path, make_emulator: Callable[..., Emulator]) -> None:
     """Running out of credits stops new starts, records what ran, and exits 3 (resumable)."""
-    emu = make_emulator(credits=3)
+    emu = make_emulator(credits=12)  # the hero app costs 4 credits a run: three runs fit
     pipeline = write_pipeline(tmp_path, 6, banner=False, concurrency=1)
     res = run_cli(pipeline, cli_env(emu))
     assert res.returncode == 3, res.stderr
