@@ -130,6 +130,8 @@ class ExecOptions:
     wait_timeout: float = 60.0  # seconds per /wait call (runs API), 1..120
     webhook_url: str | None = None
     listen: tuple[str, int] | None = None
+    # seconds to wait for a run's webhook before polling it; None = max(60 s, 2 x the app's median duration)
+    webhook_grace: float | None = None
 
 
 @dataclass(frozen=True)
@@ -858,8 +860,11 @@ class Executor:
         """The run's webhook result, or None after the grace period (then the caller polls as a safety net)."""
         if remote_id in self._hooked:
             return self._hooked.pop(remote_id)
-        median = self._median(run.app_id) or 0.0
-        grace = min(max(60.0, 2.0 * median), max(0.0, deadline - self._now()))
+        if self._o.webhook_grace is not None:
+            grace = self._o.webhook_grace
+        else:
+            grace = max(60.0, 2.0 * (self._median(run.app_id) or 0.0))
+        grace = min(grace, max(0.0, deadline - self._now()))
         waiter: asyncio.Future[RemoteRun] = asyncio.get_running_loop().create_future()
         self._hook_waiters[remote_id] = waiter
         timer = asyncio.ensure_future(self._sleep(grace))

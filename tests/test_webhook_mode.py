@@ -1,0 +1,246 @@
+"""Webhook mode end to end against the emulator's signed deliveries: cost per run, dropped deliveries recovered by
+polling, forged deliveries refused, replays processed once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from lamina_batch.cli import main
+from lamina_batch.client import LaminaClient
+from lamina_batch.emulator import Emulator
+from lamina_batch.emulator.signing import SigningKey
+from lamina_batch.executor import ExecOptions, Executor, RunResult
+from lamina_batch.manifest import Manifest
+from lamina_batch.models import Rate, RunRecord, RunState
+from lamina_batch.spec import load_pipeline
+
+MakeEmulator = Callable[..., Emulator]
+
+START_PATH = re.compile(r"^/v1/apps/[^/]+/runs$")
+RESULT_PATH = re.compile(r"^/v1/runs/(?P<id>[^/]+)(/wait)?$")
+FORGED_URL = "https://forged.invalid/evil.png"
+
+HERO = """  - id: hero
+    app: app_7Hk2
+    inputs: {Prompt: "Studio photo of {{ row.name }}"}
+"""
+BANNER = """  - id: banner
+    app: app_9Qx1
+    needs: [hero]
+    inputs: {Product Image: "{{ steps.hero.output }}", Headline: "{{ row.name }}"}
+"""
+
+
+def write_pipeline(path: Path, rows: int, steps: str = HERO, concurrency: int = 8) -> Path:
+    lines = ["version: 1", "name: hooks", "matrix:", "  key: sku", "  rows:"]
+    lines += [f'    - {{sku: "S{i}", name: "Mug {i}"}}' for i in range(1, rows + 1)]
+    text = "\n".join(lines) + "\nsteps:\n" + steps + f"run:\n  concurrency: {concurrency}\n"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def webhook_rows(manifest: Path) -> list[tuple[str, str | None]]:
+    """(request_id, run_id) of every delivery the manifest recorded (read straight from its table)."""
+    conn = sqlite3.connect(f"file:{manifest}?mode=ro", uri=True)
+    try:
+        return [(str(r[0]), r[1]) for r in conn.execute("SELECT request_id, run_id FROM webhooks")]
+    finally:
+        conn.close()
+
+
+def manifest_runs(manifest: Path) -> list[RunRecord]:
+    with Manifest.open(manifest, pipeline_name="hooks", writer=False) as m:
+        return list(m.iter_runs())
+
+
+def result_requests(emu: Emulator) -> list[str]:
+    """Run ids of every status or /wait request the emulator answered."""
+    ids = []
+    for r in emu.stats.api_requests():
+        m = RESULT_PATH.match(r.path)
+        if m and r.method == "GET":
+            ids.append(m.group("id"))
+    return ids
+
+
+def sign_post(port: int, body: dict[str, Any], request_id: str, key: Ed25519PrivateKey) -> httpx.Response:
+    """POST a delivery to the receiver the way Lamina does, signed with `key`."""
+    raw = json.dumps(body, separators=(",", ":")).encode()
+    ts = int(time.time())
+    headers = {
+        "Content-Type": "application/json",
+        "X-Lamina-Webhook-Signature": key.sign(f"{ts}.".encode() + raw).hex(),
+        "X-Lamina-Webhook-Timestamp": str(ts),
+        "X-Lamina-Webhook-Request-Id": request_id,
+        "X-Lamina-Webhook-User-Id": "user_emulator",
+    }
+    return httpx.post(f"http://127.0.0.1:{port}/hook", content=raw, headers=headers, timeout=10)
+
+
+@pytest.fixture
+def api_env(monkeypatch: pytest.MonkeyPatch) -> Callable[[Emulator], None]:
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+
+    def use(emu: Emulator) -> None:
+        monkeypatch.setenv("LAMINA_BASE_URL", emu.base_url)
+        monkeypatch.setenv("LAMINA_API_KEY", emu.key)
+
+    return use
+
+
+def test_cli_webhook_mode_costs_about_one_request_per_run(
+    tmp_path: Path, make_emulator: MakeEmulator, api_env: Callable[[Emulator], None]
+) -> None:
+    """`run --webhook-url --listen`: every run completes at <= 1.1 start/status/wait requests each, beyond the
+    preflight, and every recorded delivery is one the emulator really signed and sent."""
+    emu = make_emulator()
+    api_env(emu)
+    pipeline = write_pipeline(tmp_path / "p.yaml", 6, HERO + BANNER)
+    port = free_port()
+    hook = f"http://127.0.0.1:{port}/hook"
+    code = main(["run", str(pipeline), "--webhook-url", hook, "--listen", f"127.0.0.1:{port}", "--no-progress", "-q"])
+    assert code == 0
+    runs = manifest_runs(tmp_path / "p.lamina.sqlite")
+    assert len(runs) == 12
+    assert {r.state for r in runs} == {RunState.COMPLETED}
+
+    api = emu.stats.api_requests()
+    per_run = [r for r in api if START_PATH.match(r.path) or RESULT_PATH.match(r.path)]
+    assert len(per_run) / len(runs) <= 1.1
+    preflight = [r for r in api if r not in per_run]
+    # one GET per app of the pipeline plus the signing key: nothing else is spent
+    assert sorted(r.path for r in preflight) == sorted(
+        ["/v1/apps/app_7Hk2", "/v1/apps/app_9Qx1", "/v1/webhooks/signing-key"]
+    )
+
+    sent = {a.run_id for a in emu.stats.webhook_log if a.ok}
+    recorded = webhook_rows(tmp_path / "p.lamina.sqlite")
+    assert len(recorded) == 12
+    assert {rid for rid, _ in recorded} == {r.remote_id for r in runs} == sent
+    assert all(rid == run_id for rid, run_id in recorded)
+    assert emu.stats.duplicate_starts() == {}
+
+
+def test_forged_delivery_is_refused_and_a_replay_is_processed_once(
+    tmp_path: Path, make_emulator: MakeEmulator, api_env: Callable[[Emulator], None]
+) -> None:
+    """During a webhook-mode run, a delivery signed with a wrong key gets 401 and completes nothing; a genuine
+    delivery replayed twice is answered as a duplicate and recorded once."""
+    emu = make_emulator(duration=(0.8, 1.2))
+    api_env(emu)
+    pipeline = write_pipeline(tmp_path / "p.yaml", 6, concurrency=2)
+    port = free_port()
+    genuine = SigningKey.derive(1, "lamina-webhook-v1").private  # what the seed-1 emulator signs with
+    outcome: dict[str, Any] = {}
+
+    def attack() -> None:
+        try:
+            deadline = time.monotonic() + 30
+            delivered: list[str] = []
+            while not delivered and time.monotonic() < deadline:
+                delivered = [a.run_id for a in emu.stats.webhook_log if a.ok]
+                time.sleep(0.02)
+            live = [rid for rid in emu.run_ids() if (emu.run_status(rid) or {}).get("status") in ("queued", "running")]
+            assert delivered, "no genuine delivery arrived"
+            assert live, "no run left running to forge a result for"
+            victim = live[0]
+            forged = dict(emu.run_status(victim) or {})
+            forged["status"] = "completed"
+            forged["outputs"] = [
+                {"id": "x", "label": "Hero Image", "type": "image", "value": FORGED_URL, "status": "completed"}
+            ]
+            outcome["victim"] = victim
+            outcome["forged"] = sign_post(port, {"data": forged}, victim, Ed25519PrivateKey.generate())
+            replayed = delivered[0]
+            body = {"data": emu.run_status(replayed)}
+            outcome["replayed"] = replayed
+            outcome["replays"] = [sign_post(port, body, replayed, genuine) for _ in range(2)]
+        except BaseException as e:  # surfaced by the main thread's asserts
+            outcome["error"] = e
+
+    helper = threading.Thread(target=attack)
+    helper.start()
+    try:
+        code = main(
+            [
+                "run",
+                str(pipeline),
+                "--webhook-url",
+                f"http://127.0.0.1:{port}/hook",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--no-progress",
+                "-q",
+            ]
+        )
+    finally:
+        helper.join(timeout=60)
+    assert "error" not in outcome, outcome.get("error")
+    assert code == 0
+
+    assert outcome["forged"].status_code == 401
+    for reply in outcome["replays"]:
+        assert reply.status_code == 200
+        assert reply.json().get("duplicate") is True
+
+    runs = manifest_runs(tmp_path / "p.lamina.sqlite")
+    assert {r.state for r in runs} == {RunState.COMPLETED}
+    for r in runs:
+        assert all(o.value != FORGED_URL for o in r.outputs)
+    victim = next(r for r in runs if r.remote_id == outcome["victim"])
+    assert victim.outputs[0].value == emu.run_status(outcome["victim"])["outputs"][0]["value"]  # type: ignore[index]
+
+    recorded = [rid for rid, _ in webhook_rows(tmp_path / "p.lamina.sqlite")]
+    assert len(recorded) == len(set(recorded)) == 6
+    assert recorded.count(outcome["replayed"]) == 1
+
+
+def test_dropped_deliveries_are_recovered_by_polling_after_the_grace_period(
+    tmp_path: Path, make_emulator: MakeEmulator
+) -> None:
+    """With half the deliveries lost, every run still completes: exactly the runs with no delivery are polled,
+    once their grace period is over."""
+    emu = make_emulator(p_webhook_drop=0.5, seed=3)
+    pipeline = load_pipeline(write_pipeline(tmp_path / "p.yaml", 10))
+    port = free_port()
+    options = ExecOptions(webhook_url=f"http://127.0.0.1:{port}/hook", listen=("127.0.0.1", port), webhook_grace=1.5)
+
+    async def go() -> RunResult:
+        async with LaminaClient(emu.base_url, emu.key, "runs", rate=Rate(1000, 1)) as client:
+            with Manifest.open(tmp_path / "p.lamina.sqlite", pipeline_name="hooks", writer=True) as manifest:
+                return await Executor(pipeline, manifest, client, options).run()
+
+    started = time.monotonic()
+    result = asyncio.run(go())
+    elapsed = time.monotonic() - started
+    assert result.counts == {RunState.COMPLETED: 10}
+    runs = manifest_runs(tmp_path / "p.lamina.sqlite")
+    all_ids = {r.remote_id for r in runs}
+    delivered = {a.run_id for a in emu.stats.webhook_log if a.ok}
+    dropped = all_ids - delivered
+    assert 0 < len(dropped) < 10, "the seed should drop some deliveries but not all"
+    assert emu.stats.webhooks_dropped == len(dropped)
+    polled = set(result_requests(emu))
+    assert polled == dropped
+    assert elapsed >= 1.5  # the dropped ones were waited for (grace) before polling
+    assert {rid for rid, _ in webhook_rows(tmp_path / "p.lamina.sqlite")} == delivered
+    assert emu.stats.duplicate_starts() == {}
