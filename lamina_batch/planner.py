@@ -4,7 +4,6 @@ each run would (re)start), the per-step state counts and failures (`status`), an
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -189,8 +188,10 @@ def classify(record: RunRecord | None, *, retry_failed: bool, restart_unknown: b
     return "failed_kept", f"{state.value}: kept (use --retry-failed to run it again)"
 
 
-def _row_slot(step_id: str, row_key: str | None, axes: Mapping[str, str]) -> tuple[str, str, str]:
-    return step_id, row_key or "", json.dumps(sorted(axes.items()))
+def _row_slot(
+    step_id: str, row_key: str | None, axes: Mapping[str, str]
+) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    return step_id, row_key or "", tuple(sorted(axes.items()))
 
 
 def _batches(runs: Iterable[PlannedRun], size: int) -> Iterator[list[PlannedRun]]:
@@ -224,7 +225,7 @@ def plan_against_manifest(
     entries: list[PlanEntry] = []
     planned: set[str] = set()
     # With a row key, a run whose identity is new but whose (step, key, axes) was run before was *changed*.
-    previous: dict[tuple[str, str, str], RunRecord] = {}
+    previous: dict[tuple[str, str, tuple[tuple[str, str], ...]], RunRecord] = {}
     if manifest is not None and pipeline.matrix.key is not None:
         for rec in manifest.iter_runs():
             if rec.row_key is not None:
@@ -295,8 +296,8 @@ def _slim(rec: RunRecord) -> RunRecord:
     )
 
 
-def _why_new(run: PlannedRun, previous: Mapping[tuple[str, str, str], RunRecord]) -> str:
-    if run.item.key is None:
+def _why_new(run: PlannedRun, previous: Mapping[tuple[str, str, tuple[tuple[str, str], ...]], RunRecord]) -> str:
+    if run.item.key is None or not previous:
         return "new row"
     old = previous.get(_row_slot(run.step_id, run.item.key, run.item.axes))
     if old is None or old.identity == run.identity:
