@@ -337,17 +337,18 @@ def markdown(meta: dict[str, Any], rows: Sequence[Row]) -> str:
         "(equivalent real time). Workloads 2 and 6 are not scaled. The emulator and the contender share "
         "the same cores. Requests, 429s and duplicate starts are counted by the emulator; CPU and peak RSS "
         "are the contender process's own rusage (wall and CPU include its Python start-up, ~0.3-1 s, which "
-        "x S magnifies).",
+        "x S magnifies). *peak in flight* is the most runs the emulator had queued or running at once.",
         "",
         "| workload | contender | C | done/N | wall s | wall x S s | ideal s | req/run | 429s | CPU s "
-        "| CPU s/1k runs | peak RSS MiB | dup starts | note |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| CPU s/1k runs | peak RSS MiB | peak in flight | dup starts | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         out.append(
             f"| {r.workload} | {r.contender} | {r.concurrency} | {r.completed}/{r.n} | {_f(r.wall)} "
             f"| {_t(r.wall_equiv)} | {_t(r.ideal_equiv)} | {_f(r.requests_per_run, 2)} | {r.sent_429} "
-            f"| {_f(r.cpu, 2)} | {_f(r.cpu_per_1000, 2)} | {_f(r.peak_rss_mib)} | {r.duplicate_starts} | {r.note} |"
+            f"| {_f(r.cpu, 2)} | {_f(r.cpu_per_1000, 2)} | {_f(r.peak_rss_mib)} "
+            f"| {r.extra.get('peak_active', 'n/a')} | {r.duplicate_starts} | {r.note} |"
         )
     out += ["", "Ideal per workload:", ""]
     out += [f"- **{name}**: {text}" for name, text in meta["ideals"].items()]
@@ -368,6 +369,12 @@ def readme_section(meta: dict[str, Any], rows: Sequence[Row]) -> str:
         "Reproduce with `make bench` (about 15-20 minutes); CI runs `make bench-smoke` (seconds, no thresholds). "
         "Raw figures: `benchmarks/results/latest.json`.\n\n" + markdown(meta, rows)
     )
+
+
+def load_results(path: Path) -> tuple[dict[str, Any], list[Row]]:
+    """Read a latest.json back (to re-render the Markdown without measuring again)."""
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    return doc["meta"], [Row(**r) for r in doc["rows"]]
 
 
 def write_results(folder: Path, meta: dict[str, Any], rows: Sequence[Row]) -> tuple[Path, Path]:

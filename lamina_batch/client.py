@@ -303,6 +303,7 @@ class LaminaClient:
             self._parse_run,
             params={"timeout": seconds},
             read_timeout=seconds + WAIT_GRACE,
+            long_poll=True,
         )
 
     async def list_runs(
@@ -362,6 +363,7 @@ class LaminaClient:
         body: Any = None,
         phase: Phase = "idempotent",
         read_timeout: float | None = None,
+        long_poll: bool = False,
     ) -> T:
         timeout = None
         if read_timeout is not None:
@@ -369,7 +371,7 @@ class LaminaClient:
 
         async def attempt() -> T:
             try:
-                return await self._attempt(method, path, parse, params, body, timeout)
+                return await self._attempt(method, path, parse, params, body, timeout, long_poll)
             except TransientError as exc:
                 if phase == "start" and not isinstance(exc, ConnectError | RateLimitedError):
                     self.stats.unknown_outcomes += 1
@@ -400,23 +402,24 @@ class LaminaClient:
         params: Mapping[str, str | int] | None,
         body: Any,
         http_timeout: httpx.Timeout | None,
+        long_poll: bool = False,
     ) -> T:
-        await self._limiter.acquire()
-        self.stats.requests += 1
-        self._budget.record_request()
-        # The least busy pool, so a pool full of long /wait polls never makes others queue for a connection.
-        index = min(range(len(self._inflight)), key=self._inflight.__getitem__)
-        http = self._http[index]
-        self._inflight[index] += 1
-        try:
-            if http_timeout is None:
-                response = await http.request(method, path, params=params, json=body)
-            else:
-                response = await http.request(method, path, params=params, json=body, timeout=http_timeout)
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc, method, path) from exc
-        finally:
-            self._inflight[index] -= 1
+        async with self._limiter.slot(long_poll=long_poll):
+            self.stats.requests += 1
+            self._budget.record_request()
+            # The least busy pool, so a pool full of long /wait polls never makes others queue for a connection.
+            index = min(range(len(self._inflight)), key=self._inflight.__getitem__)
+            http = self._http[index]
+            self._inflight[index] += 1
+            try:
+                if http_timeout is None:
+                    response = await http.request(method, path, params=params, json=body)
+                else:
+                    response = await http.request(method, path, params=params, json=body, timeout=http_timeout)
+            except httpx.HTTPError as exc:
+                raise self._transport_error(exc, method, path) from exc
+            finally:
+                self._inflight[index] -= 1
         self._limiter.observe(response.headers)
         status = response.status_code
         if not 200 <= status < 300:

@@ -4,20 +4,38 @@ A sliding-window log rather than a token bucket: a bucket of capacity N refillin
 bucket burst N and then refill N more inside the same window (~2N per window), which breaks a server limit
 of "N per any window". The log keeps the grant times of the last `count` requests, so any window of
 `per_seconds` holds at most `count` grants, while a client that needs few requests still bursts at once.
+Requests sent through `slot()` count from their *reply* instead of their grant: the server sees a request
+somewhere between the two, and a burst that queued before reaching it must not spill into the next window.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 
 from lamina_batch.models import Rate
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+
+# While the oldest counted request is still in flight its time is not known yet: look again this soon.
+IN_FLIGHT_RECHECK = 0.05
+# A long poll (/wait) is held by the server for up to minutes; it is counted as arriving this long after
+# its grant rather than at its reply, so holding a poll open does not hold a slot of the budget too.
+LONG_POLL_ARRIVAL = 1.0
+
+
+@dataclass
+class _Grant:
+    """One counted request: `at` is when it counts from; `open` while its reply is still outstanding."""
+
+    at: float
+    open: bool = False
 
 
 def window_of(rate: Rate) -> tuple[int, float]:
@@ -41,7 +59,7 @@ class RateLimiter:
         self.count, self.per_seconds = window_of(rate)
         self._clock = clock
         self._sleep = sleep
-        self._grants: deque[float] = deque()
+        self._grants: deque[_Grant] = deque()
         self._paused_until = -math.inf
         # The server's own view of our budget (RateLimit-Remaining / -Reset); None when it does not say.
         self._server_remaining: int | None = None
@@ -54,7 +72,7 @@ class RateLimiter:
         """Seconds until the next grant may happen (0.0: now). Has no side effect."""
         now = self._clock() if now is None else now
         # Same expression as the wait below, so float rounding can never both keep a grant and report 0 wait.
-        while self._grants and self._grants[0] + self.per_seconds <= now:
+        while self._grants and not self._grants[0].open and self._grants[0].at + self.per_seconds <= now:
             self._grants.popleft()
         wait = 0.0
         if self._paused_until > now:
@@ -65,7 +83,8 @@ class RateLimiter:
             elif self._server_remaining <= 0:
                 wait = max(wait, self._server_reset_at - now)
         if len(self._grants) >= self.count:
-            wait = max(wait, self._grants[0] + self.per_seconds - now)
+            head = self._grants[0]
+            wait = max(wait, IN_FLIGHT_RECHECK if head.open else head.at + self.per_seconds - now)
         return wait
 
     def try_acquire(self, now: float | None = None) -> float:
@@ -74,7 +93,7 @@ class RateLimiter:
         wait = self.delay(now)
         if wait > 0.0:
             return wait
-        self._grants.append(now)
+        self._grants.append(_Grant(now))
         if self._server_remaining is not None:
             self._server_remaining -= 1
         return 0.0
@@ -91,6 +110,23 @@ class RateLimiter:
                 if wait <= 0.0:
                     return
                 await self._sleep(wait)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, *, long_poll: bool = False) -> AsyncIterator[None]:
+        """Acquire, then hold the grant open until the reply: it counts from the reply's time (a long poll
+        counts from `LONG_POLL_ARRIVAL` after its grant)."""
+        await self.acquire()
+        grant = self._grants[-1]  # ours: nothing ran between the grant and here
+        if long_poll:
+            grant.at += LONG_POLL_ARRIVAL
+            yield
+            return
+        grant.open = True
+        try:
+            yield
+        finally:
+            grant.at = max(grant.at, self._clock())
+            grant.open = False
 
     def pause(self, seconds: float) -> None:
         """Send nothing for `seconds` from now (a 429's Retry-After); pauses only ever extend."""

@@ -630,7 +630,8 @@ def test_malformed_key_is_refused_without_echo() -> None:
 
 
 def test_every_request_goes_through_one_limiter() -> None:
-    """All endpoints share the client's limiter: 4 calls at 2/min wait one window."""
+    """All endpoints share the client's limiter: 4 calls at 2/min wait one window (plus the second's 1 s, a
+    long poll counting from LONG_POLL_ARRIVAL after its grant)."""
     rec = Recorder(ok(RUN))
     t = FakeTime()
     client = LaminaClient(BASE, KEY, "runs", Rate(2, 60), httpx.MockTransport(rec), clock=t.clock, sleep=t.sleep)
@@ -642,7 +643,7 @@ def test_every_request_goes_through_one_limiter() -> None:
         await c.cancel("d")
 
     run(using(client, go))
-    assert t.sleeps == [60.0]
+    assert t.sleeps == [60.0, 1.0]
     assert client.stats.requests == 4
 
 

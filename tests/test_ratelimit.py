@@ -154,3 +154,42 @@ def test_fractional_rates_become_whole_windows() -> None:
     assert window_of(Rate(90, 60)) == (90, 60.0)
     with pytest.raises(ValueError, match="positive"):
         window_of(Rate(0, 60))
+
+
+def test_slot_counts_a_request_from_its_reply_not_its_grant() -> None:
+    """A request held in flight keeps its slot until its reply, then for a full window after it."""
+    now = [0.0]
+    sleeps: list[float] = []
+
+    async def sleep(s: float) -> None:
+        sleeps.append(s)
+        now[0] += s
+
+    limiter = RateLimiter(Rate(1, 10), clock=lambda: now[0], sleep=sleep)
+
+    async def go() -> None:
+        async with limiter.slot():
+            now[0] += 4.0  # the reply takes 4 s: the server may have seen the request as late as t=4
+        await limiter.acquire()
+
+    asyncio.run(go())
+    assert sleeps == [pytest.approx(10.0)]  # t=4 + 10 s window, i.e. 10 s after the reply at t=4 -> t=14
+    assert now[0] == pytest.approx(14.0)
+
+
+def test_long_poll_slot_counts_shortly_after_its_grant() -> None:
+    """A long poll counts from LONG_POLL_ARRIVAL after its grant, however long the server holds it."""
+    now = [0.0]
+
+    async def sleep(s: float) -> None:
+        now[0] += s
+
+    limiter = RateLimiter(Rate(1, 10), clock=lambda: now[0], sleep=sleep)
+
+    async def go() -> None:
+        async with limiter.slot(long_poll=True):
+            now[0] += 60.0
+        await limiter.acquire()
+
+    asyncio.run(go())
+    assert now[0] == pytest.approx(60.0)  # its slot (t=1..11) expired while it was held
