@@ -254,7 +254,9 @@ def baseline_argv(
     ]
 
 
-def lamina_argv(pipeline: Path, concurrency: int, rate: str, poll: float, webhook_port: int | None = None) -> list[str]:
+def lamina_argv(
+    pipeline: Path, concurrency: int, rate: str | None, poll: float, webhook_port: int | None = None
+) -> list[str]:
     argv = [
         sys.executable,
         "-m",
@@ -264,11 +266,11 @@ def lamina_argv(pipeline: Path, concurrency: int, rate: str, poll: float, webhoo
         "--no-progress",
         "--concurrency",
         str(concurrency),
-        "--rate-limit",
-        rate,
         "--poll-interval",
         f"{poll:g}s",
     ]
+    if rate is not None:
+        argv += ["--rate-limit", rate]
     if webhook_port is not None:
         argv += ["--webhook-url", f"http://127.0.0.1:{webhook_port}/hook", "--listen", f"127.0.0.1:{webhook_port}"]
     return argv

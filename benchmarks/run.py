@@ -114,9 +114,10 @@ class Bench:
         lo, hi = self.p.dur_limited
         return EmuSettings(duration=(lo / s, hi / s), rate_limit=LAMINA_LIMIT, rate_window=60.0 / s)
 
-    def _lamina_rate(self) -> str:
-        # 90 per (60/S) s, as N/s: a steady 1.5*S per second keeps every window under the server's 100
-        return f"{90.0 * self.p.scale / 60.0:g}/s"
+    def _lamina_rate(self) -> str | None:
+        # No --rate-limit: lamina-batch spends the budget the emulator states in its RateLimit headers (the
+        # default rate only paces it until the first reply), exactly as it would against Lamina.
+        return None
 
     def _argv(
         self, contender: str, emu: EmulatorProcess, folder: Path, csv_path: Path, pipeline: Path, conc: int, **kw: Any
@@ -353,7 +354,8 @@ def ideals(p: Params) -> dict[str, str]:
             f"{p.dur_limited[0]:g}-{p.dur_limited[1]:g} s: the limit gives {rate_min:g} s; duration alone {cs}; "
             f"sequential (C=1) {n * d:g} s. The emulator counts fixed windows from a client's first request, so a "
             "client that bursts at each window start (and takes the 429s) can beat the steady-rate figure by up "
-            "to one window; lamina-batch spaces requests at its --rate-limit (90 per window here)"
+            "to one window; lamina-batch spends the budget the server states (RateLimit-Remaining/-Reset), "
+            "so it can too, without a 429"
         ),
         "2 no limit, overhead": (
             f"ceil(N/C) x duration = ceil({p.n_overhead}/{p.conc_overhead}) x {p.dur_overhead:g} s = "

@@ -349,6 +349,7 @@ def _apply_flags(pipeline: Pipeline, args: argparse.Namespace) -> Pipeline:
     if args.rate_limit is not None:
         try:
             changes["rate_limit"] = parse_rate(args.rate_limit)
+            changes["rate_limit_explicit"] = True
         except (ConfigError, ValueError) as e:
             raise UsageError(f"--rate-limit {args.rate_limit!r}: {_first_line(e)} (use e.g. 90/min)") from None
     if args.poll_interval is not None:
@@ -405,7 +406,14 @@ def _client(base_url: str, key: str, dialect: Dialect, pipeline: Pipeline | None
     if pipeline is not None:
         # every run in flight holds a connection during /wait; leave room for starts and downloads
         connections = max(128, pipeline.run.concurrency + 16)
-        return LaminaClient(base_url, key, dialect=dialect, rate=pipeline.run.rate_limit, max_connections=connections)
+        return LaminaClient(
+            base_url,
+            key,
+            dialect=dialect,
+            rate=pipeline.run.rate_limit,
+            rate_cap=pipeline.run.rate_limit_explicit,
+            max_connections=connections,
+        )
     return LaminaClient(base_url, key, dialect=dialect)
 
 

@@ -147,6 +147,7 @@ class LaminaClient:
         rate: Rate = DEFAULT_RATE,
         transport: httpx.AsyncBaseTransport | None = None,
         *,
+        rate_cap: bool = True,
         pools: int | None = None,
         max_connections: int = 128,
         limiter: RateLimiter | None = None,
@@ -166,7 +167,8 @@ class LaminaClient:
         self.dialect: Dialect = dialect
         self._paths = _PATHS[dialect]
         self.stats = ClientStats()
-        self._limiter = limiter or RateLimiter(rate, clock=clock, sleep=sleep)
+        # rate_cap=False: `rate` only paces us while the server states no budget of its own (see ratelimit.py)
+        self._limiter = limiter or RateLimiter(rate, hard_cap=rate_cap, clock=clock, sleep=sleep)
         self._budget = budget or RetryBudget(clock=clock)
         self._retrier = Retrier(retry_policy, budget=self._budget, clock=clock, sleep=sleep, rng=rng)
         self._key_text = api_key  # only for scrubbing server-echoed text; never rendered (see __repr__)
@@ -404,7 +406,7 @@ class LaminaClient:
         http_timeout: httpx.Timeout | None,
         long_poll: bool = False,
     ) -> T:
-        async with self._limiter.slot(long_poll=long_poll):
+        async with self._limiter.slot(long_poll=long_poll) as grant:
             self.stats.requests += 1
             self._budget.record_request()
             # The least busy pool, so a pool full of long /wait polls never makes others queue for a connection.
@@ -420,7 +422,7 @@ class LaminaClient:
                 raise self._transport_error(exc, method, path) from exc
             finally:
                 self._inflight[index] -= 1
-        self._limiter.observe(response.headers)
+        self._limiter.observe(response.headers, grant)
         status = response.status_code
         if not 200 <= status < 300:
             raise self._http_error(response, method, path)

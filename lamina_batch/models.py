@@ -64,6 +64,8 @@ class RunSettings:
 
     concurrency: int = 8
     rate_limit: Rate = Rate(90, 60)
+    # False: the default rate, used only while the server states no budget; True: the user's own hard cap.
+    rate_limit_explicit: bool = False
     poll_interval: float = 4.0
     timeout: float = 1800.0
     retries: int = 0

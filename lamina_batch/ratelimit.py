@@ -36,6 +36,7 @@ class _Grant:
 
     at: float
     open: bool = False
+    seq: int = 0
 
 
 def window_of(rate: Rate) -> tuple[int, float]:
@@ -49,27 +50,40 @@ def window_of(rate: Rate) -> tuple[int, float]:
 
 
 class RateLimiter:
-    """`await acquire()` before each API request; `observe(headers)` after each reply; `pause(s)` on 429.
+    """`await acquire()` (or `async with slot()`) before each API request; `observe(headers)` after each
+    reply; `pause(s)` on 429.
 
-    Grants are served first come, first served (one waiter sleeps at a time under a lock), so no caller
-    starves and the log is never raced."""
+    The server-stated budget (`RateLimit-Remaining` with `RateLimit-Reset`) is always respected: at 0 we wait
+    for its reset, and requests we sent that its count may not include yet are taken off what it says. With
+    `hard_cap` (a rate the user chose), our own cap of `count` per any `per_seconds` applies as well. Without
+    it (the default rate), the server's statement governs while it makes one: we spend exactly what it grants
+    in its window, so a batch under the limit finishes as soon as the server allows instead of at our pace;
+    when its window passes unheard we assume a fresh window of its stated `RateLimit-Limit`, and our own cap
+    applies only while the server has stated nothing. Grants are served first come, first served (one waiter
+    sleeps at a time under a lock), so no caller starves and the log is never raced."""
 
-    def __init__(self, rate: Rate, *, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
+    def __init__(
+        self, rate: Rate, *, hard_cap: bool = True, clock: Clock = time.monotonic, sleep: Sleep = asyncio.sleep
+    ) -> None:
         self.rate = rate
+        self.hard_cap = hard_cap
         self.count, self.per_seconds = window_of(rate)
         self._clock = clock
         self._sleep = sleep
         self._grants: deque[_Grant] = deque()
+        self._seq = 0  # grants issued so far; observe() compares against it
         self._paused_until = -math.inf
-        # The server's own view of our budget (RateLimit-Remaining / -Reset); None when it does not say.
+        # The server's own view of our budget; None when it does not say.
         self._server_remaining: int | None = None
         self._server_reset_at = -math.inf
+        self._server_limit: int | None = None
+        self._server_window = 0.0  # the longest Reset it has stated: our guess of its window's length
         self._lock: asyncio.Lock | None = None
 
     # ------------------------------------------------------------------ pure core (tested with a fake clock)
 
     def delay(self, now: float | None = None) -> float:
-        """Seconds until the next grant may happen (0.0: now). Has no side effect."""
+        """Seconds until the next grant may happen (0.0: now). Has no side effect on the budget."""
         now = self._clock() if now is None else now
         # Same expression as the wait below, so float rounding can never both keep a grant and report 0 wait.
         while self._grants and not self._grants[0].open and self._grants[0].at + self.per_seconds <= now:
@@ -77,12 +91,16 @@ class RateLimiter:
         wait = 0.0
         if self._paused_until > now:
             wait = self._paused_until - now
-        if self._server_remaining is not None:
-            if self._server_reset_at <= now:
-                self._server_remaining = None  # the server's window has rolled over; its count is stale
-            elif self._server_remaining <= 0:
-                wait = max(wait, self._server_reset_at - now)
-        if len(self._grants) >= self.count:
+        if self._server_remaining is not None and self._server_reset_at <= now:
+            if self._server_limit is not None and not self.hard_cap:
+                # Its window passed unheard: a fresh one (a 429 corrects us if its window is not fixed).
+                self._server_remaining = self._server_limit
+                self._server_reset_at = now + max(self._server_window, 1.0)
+            else:
+                self._server_remaining = None
+        if self._server_remaining is not None and self._server_remaining <= 0:
+            wait = max(wait, self._server_reset_at - now)
+        if (self.hard_cap or self._server_remaining is None) and len(self._grants) >= self.count:
             head = self._grants[0]
             wait = max(wait, IN_FLIGHT_RECHECK if head.open else head.at + self.per_seconds - now)
         return wait
@@ -93,7 +111,8 @@ class RateLimiter:
         wait = self.delay(now)
         if wait > 0.0:
             return wait
-        self._grants.append(_Grant(now))
+        self._grants.append(_Grant(now, seq=self._seq))
+        self._seq += 1
         if self._server_remaining is not None:
             self._server_remaining -= 1
         return 0.0
@@ -112,18 +131,18 @@ class RateLimiter:
                 await self._sleep(wait)
 
     @contextlib.asynccontextmanager
-    async def slot(self, *, long_poll: bool = False) -> AsyncIterator[None]:
+    async def slot(self, *, long_poll: bool = False) -> AsyncIterator[int]:
         """Acquire, then hold the grant open until the reply: it counts from the reply's time (a long poll
-        counts from `LONG_POLL_ARRIVAL` after its grant)."""
+        counts from `LONG_POLL_ARRIVAL` after its grant). Yields the grant's sequence number for observe()."""
         await self.acquire()
         grant = self._grants[-1]  # ours: nothing ran between the grant and here
         if long_poll:
             grant.at += LONG_POLL_ARRIVAL
-            yield
+            yield grant.seq
             return
         grant.open = True
         try:
-            yield
+            yield grant.seq
         finally:
             grant.at = max(grant.at, self._clock())
             grant.open = False
@@ -133,15 +152,23 @@ class RateLimiter:
         if seconds > 0:
             self._paused_until = max(self._paused_until, self._clock() + seconds)
 
-    def observe(self, headers: Mapping[str, str]) -> None:
-        """Adopt the server-stated budget from `RateLimit-Remaining` / `RateLimit-Reset` (delta seconds)."""
+    def observe(self, headers: Mapping[str, str], seq: int | None = None) -> None:
+        """Adopt the server-stated budget from `RateLimit-Remaining` / `RateLimit-Reset` (delta seconds).
+
+        `seq` is the reply's grant (from slot()); requests granted after it may not be in the server's count
+        yet, so they are taken off what it says remains."""
         lowered = {k.lower(): v for k, v in headers.items()}
         remaining = _int_header(lowered.get("ratelimit-remaining"))
         reset = _float_header(lowered.get("ratelimit-reset"))
         if remaining is None or reset is None:
             return
-        self._server_remaining = max(0, remaining)
+        unseen = self._seq - seq - 1 if seq is not None else 0
+        self._server_remaining = max(0, remaining - max(0, unseen))
         self._server_reset_at = self._clock() + max(0.0, reset)
+        self._server_window = max(self._server_window, reset)
+        limit = _int_header(lowered.get("ratelimit-limit"))
+        if limit is not None and limit > 0:
+            self._server_limit = limit
 
 
 def _int_header(value: str | None) -> int | None:

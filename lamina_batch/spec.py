@@ -612,6 +612,7 @@ def _build(data: dict[str, Any], path: Path, lines: Mapping[JsonPath, int]) -> P
     run = RunSettings(
         concurrency=r.get("concurrency", defaults.concurrency),
         rate_limit=parse_rate(r["rate_limit"]) if "rate_limit" in r else defaults.rate_limit,
+        rate_limit_explicit="rate_limit" in r,
         poll_interval=parse_duration(r["poll_interval"]) if "poll_interval" in r else defaults.poll_interval,
         timeout=parse_duration(r["timeout"]) if "timeout" in r else defaults.timeout,
         retries=r.get("retries", defaults.retries),

@@ -193,3 +193,34 @@ def test_long_poll_slot_counts_shortly_after_its_grant() -> None:
 
     asyncio.run(go())
     assert now[0] == pytest.approx(60.0)  # its slot (t=1..11) expired while it was held
+
+
+def test_without_hard_cap_the_server_budget_governs() -> None:
+    """With the default rate (no hard cap) a server-stated remainder of 100 is spent at once, past our own 3."""
+    t = FakeTime()
+    limiter = RateLimiter(Rate(3, 60), hard_cap=False, clock=t.clock, sleep=t.sleep)
+    limiter.observe({"RateLimit-Limit": "100", "RateLimit-Remaining": "100", "RateLimit-Reset": "60"})
+    assert [limiter.try_acquire() for _ in range(100)] == [0.0] * 100
+    assert limiter.try_acquire() == pytest.approx(60.0)
+    t.now = 60.0  # the window passes unheard: a fresh one of the stated limit
+    assert [limiter.try_acquire() for _ in range(100)] == [0.0] * 100
+    assert limiter.try_acquire() > 0.0
+
+
+def test_replies_discount_requests_the_server_has_not_counted_yet() -> None:
+    """A reply saying 5 remain, while 3 later requests are still out, leaves 2 to spend."""
+    t = FakeTime()
+    limiter = RateLimiter(Rate(90, 60), hard_cap=False, clock=t.clock, sleep=t.sleep)
+    for _ in range(4):
+        assert limiter.try_acquire() == 0.0
+    limiter.observe({"RateLimit-Remaining": "5", "RateLimit-Reset": "30"}, 0)  # the reply to grant 0
+    assert [limiter.try_acquire() for _ in range(2)] == [0.0, 0.0]
+    assert limiter.try_acquire() == pytest.approx(30.0)
+
+
+def test_without_server_statement_our_own_cap_applies() -> None:
+    """Before the server states a budget, the default rate still caps any window."""
+    t = FakeTime()
+    limiter = RateLimiter(Rate(3, 60), hard_cap=False, clock=t.clock, sleep=t.sleep)
+    assert [limiter.try_acquire() for _ in range(3)] == [0.0, 0.0, 0.0]
+    assert limiter.try_acquire() == pytest.approx(60.0)
