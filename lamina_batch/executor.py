@@ -11,7 +11,7 @@ import math
 import os
 import random
 import signal
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -78,6 +78,8 @@ CLOCK_SKEW = 10.0
 # `submitting` without a remote id, which the next invocation reconciles, so cutting it short is still safe.
 START_GRACE = 5.0
 _NOTICE_EVERY = 10.0
+# A completed run's record waits at most this long for another commit to share its fsync.
+FINISH_FLUSH_DELAY = 0.05
 _LIST_PAGE = 100
 
 # --------------------------------------------------------------------------- crash points (kill -9 tests)
@@ -231,6 +233,50 @@ def _describe(e: BaseException) -> str:
     return str(e) or e.__class__.__name__
 
 
+class _Gate:
+    """A FIFO mutex (the one-start-in-flight-per-app lock) that hands ownership straight to the next waiter
+    (one loop turn, no watcher task per waiter) and whose waiters a stop interrupts (`interrupt`)."""
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiters: deque[tuple[asyncio.Future[None], asyncio.Event]] = deque()
+
+    async def acquire(self, stop: asyncio.Event) -> None:
+        """Own the gate, or raise _Interrupted if `stop` is (or becomes) set first."""
+        if stop.is_set():
+            raise _Interrupted
+        if not self._held:
+            self._held = True
+            return
+        entry = (asyncio.get_running_loop().create_future(), stop)
+        self._waiters.append(entry)
+        try:
+            await entry[0]
+        except BaseException:
+            fut = entry[0]
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.release()  # handed over just as we were cancelled: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(entry)
+            raise
+
+    def release(self) -> None:
+        while self._waiters:
+            fut, _ = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)  # ownership passes on; _held stays True
+                return
+        self._held = False
+
+    def interrupt(self) -> None:
+        """Wake every waiter whose stop event is set with _Interrupted."""
+        for entry in [e for e in self._waiters if e[1].is_set()]:
+            self._waiters.remove(entry)
+            if not entry[0].done():
+                entry[0].set_exception(_Interrupted())
+
+
 # --------------------------------------------------------------------------- the executor
 
 
@@ -271,7 +317,9 @@ class Executor:
             for s in pipeline.steps
             if s.concurrency is not None and s.concurrency < settings.concurrency
         }
-        self._app_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._app_locks: defaultdict[str, _Gate] = defaultdict(_Gate)
+        self._never = asyncio.Event()  # a stop that never comes (crash leftovers are reconciled regardless)
+        self._stop_futs: dict[asyncio.Event, asyncio.Future[Any]] = {}
         self._no_starts = asyncio.Event()  # set by any stop: nothing new is started
         self._hard = asyncio.Event()  # set by a signal: waiting is abandoned too
         self._stop_reason: StopReason | None = None
@@ -290,6 +338,7 @@ class Executor:
         self._hooked: dict[str, RemoteRun] = {}  # terminal runs reported by webhook, by remote id
         self._hook_waiters: dict[str, asyncio.Future[RemoteRun]] = {}
         self._error: BaseException | None = None
+        self._flush_handle: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -307,21 +356,31 @@ class Executor:
         else:
             self._stop_reason = reason
         self._no_starts.set()
+        self._interrupt_gates()
         self._emit(Stopping(reason, self._message))
 
     async def run(self) -> RunResult:
         """Run the batch until every planned run is finished or a stop was requested; never raises for a run's
         own failure (it is recorded), only for bugs and manifest errors."""
-        await self._prepass()
-        if not self._hard.is_set():
-            if self._o.webhook_url is not None and self._o.listen is not None:
-                await self._start_receiver(*self._o.listen)
-            try:
-                await self._stream()
-            finally:
-                if self._receiver is not None:
-                    await self._receiver.stop()
-                    self._receiver = None
+        try:
+            await self._prepass()
+            if not self._hard.is_set():
+                if self._o.webhook_url is not None and self._o.listen is not None:
+                    await self._start_receiver(*self._o.listen)
+                try:
+                    await self._stream()
+                finally:
+                    if self._flush_handle is not None:
+                        self._flush_handle.cancel()
+                        self._flush_handle = None
+                    self._m.flush()
+                    if self._receiver is not None:
+                        await self._receiver.stop()
+                        self._receiver = None
+        finally:
+            for fut in self._stop_futs.values():
+                fut.cancel()
+            self._stop_futs.clear()
         if self._error is not None:
             raise self._error
         return RunResult(
@@ -351,21 +410,30 @@ class Executor:
             self._message = message
         self.request_stop(reason)
 
+    def _interrupt_gates(self) -> None:
+        for gate in self._app_locks.values():
+            gate.interrupt()
+
+    def _stop_future(self, stop: asyncio.Event) -> asyncio.Future[Any]:
+        """One shared watcher per stop event, done once it is set (cheaper than a watcher task per await)."""
+        fut = self._stop_futs.get(stop)
+        if fut is None:
+            fut = self._stop_futs[stop] = asyncio.ensure_future(stop.wait())
+        return fut
+
     async def _until(self, aw: Coroutine[Any, Any, T], stop: asyncio.Event) -> T:
         """Await `aw` unless `stop` is set first; then cancel it and raise _Interrupted."""
         if stop.is_set():
             aw.close()
             raise _Interrupted
         task = asyncio.ensure_future(aw)
-        waiter = asyncio.ensure_future(stop.wait())
+        waiter = self._stop_future(stop)
         try:
             done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             task.cancel()
-            waiter.cancel()
             raise
         if task in done:
-            waiter.cancel()
             return task.result()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -382,18 +450,16 @@ class Executor:
             await sem.acquire()
             return
         task = asyncio.ensure_future(sem.acquire())
-        waiter = asyncio.ensure_future(stop.wait())
+        waiter = self._stop_future(stop)
         try:
             done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
-            waiter.cancel()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 if await task:
                     sem.release()
             raise
         if task in done:
-            waiter.cancel()
             return
         task.cancel()
         acquired = False
@@ -432,6 +498,7 @@ class Executor:
                 self._error = task.exception()
                 self.request_stop(StopReason.FATAL)
                 self._hard.set()
+                self._interrupt_gates()
 
         try:
             for plan in expand_runs(self._p, shard=self._o.shard):
@@ -614,7 +681,7 @@ class Executor:
                 return _NOT_STARTED
             wait: float | None = None
             try:
-                await self._until(lock.acquire(), self._no_starts if not pending_reconcile else self._hard)
+                await lock.acquire(self._no_starts if not pending_reconcile else self._hard)
             except _Interrupted:
                 return _NOT_STARTED if not pending_reconcile else _Outcome(None, in_flight=RunState.SUBMITTING)
             try:
@@ -711,12 +778,8 @@ class Executor:
 
     async def _await_start(self, task: asyncio.Future[RemoteRun]) -> RemoteRun:
         if not self._hard.is_set():
-            waiter = asyncio.ensure_future(self._hard.wait())
-            both: set[asyncio.Future[Any]] = {task, waiter}
-            try:
-                await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
+            both: set[asyncio.Future[Any]] = {task, self._stop_future(self._hard)}
+            await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
         if not task.done():
             await asyncio.wait({task}, timeout=START_GRACE)
         if not task.done():
@@ -736,12 +799,16 @@ class Executor:
             by_app[r.app_id].append(r)
         for app_id, recs in by_app.items():
             recs.sort(key=lambda r: r.submitted_at or "", reverse=True)
-            async with self._app_locks[app_id]:
+            gate = self._app_locks[app_id]
+            await gate.acquire(self._never)
+            try:
                 for r in recs:
                     try:
                         await self._reconcile(r)
                     except _Interrupted:
                         return
+            finally:
+                gate.release()
 
     async def _reconcile_locked(
         self, run: PlannedRun, rec: RunRecord, *, counted: bool = False
@@ -980,11 +1047,37 @@ class Executor:
         self, run: PlannedRun, remote: RemoteRun, upstream: Mapping[str, Sequence[RunOutput]]
     ) -> _Outcome:
         duration = _remote_duration(remote)
-        self._m.finish(run.identity, RunState.COMPLETED, outputs=remote.outputs, remote_duration=duration)
+        # Deferred: it rides along with the next intent's commit (or a flush within FINISH_FLUSH_DELAY) instead
+        # of costing its own fsync on the event loop; lost in a crash, the run is still `running` with its
+        # remote id, so a resume asks for its status once and records it: nothing is started or paid again.
+        self._m.finish(
+            run.identity,
+            RunState.COMPLETED,
+            outputs=remote.outputs,
+            remote_duration=duration,
+            defer=True,
+            app_id=run.app_id,
+        )
+        self._schedule_flush()
         await self._download(run, remote.outputs, upstream, ())
         self._emit(_finished_event(run, RunState.COMPLETED, None))
         self._judge(RunState.COMPLETED)
         return _Outcome(RunState.COMPLETED, remote.outputs)
+
+    def _schedule_flush(self) -> None:
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(FINISH_FLUSH_DELAY, self._flush_finishes)
+
+    def _flush_finishes(self) -> None:
+        self._flush_handle = None
+        try:
+            self._m.flush()
+        except BaseException as e:  # a manifest that cannot be written is fatal, as it is for any other write
+            if self._error is None:
+                self._error = e
+                self.request_stop(StopReason.FATAL)
+                self._hard.set()
+                self._interrupt_gates()
 
     async def _reuse(self, run: PlannedRun, rec: RunRecord, upstream: Mapping[str, Sequence[RunOutput]]) -> None:
         await self._download(run, rec.outputs, upstream, rec.downloads)
@@ -1004,6 +1097,7 @@ class Executor:
         wanted = [(i, o) for i, o in enumerate(outputs) if isinstance(o.value, str) and o.value]
         if all(i in valid for i, _ in wanted):
             return
+        self._m.flush()  # the run is recorded completed before any file of it is written
         crashpoint("before-download")
         if len(valid) != len(existing):
             self._m.clear_downloads(run.identity)

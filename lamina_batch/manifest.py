@@ -457,6 +457,8 @@ class Manifest:
         self._durations: dict[str, deque[float]] = {}
         self._closed = False
         self._depth = 0  # > 0 inside a transaction of this thread (batch)
+        # finish(defer=True) rows not yet written, by identity; they ride along with the next transaction
+        self._deferred: dict[str, tuple[Any, ...]] = {}
 
     # ----------------------------------------------------------------- opening and closing
 
@@ -564,7 +566,10 @@ class Manifest:
         with self._mutex:
             if self._closed:
                 return
-            self._closed = True
+            try:
+                self.flush()
+            finally:
+                self._closed = True
             try:
                 self._conn.close()
             finally:
@@ -643,11 +648,14 @@ class Manifest:
             try:
                 c.execute("BEGIN IMMEDIATE")
                 try:
+                    applied = self._apply_deferred(c)
                     yield c
                 except BaseException:
                     c.execute("ROLLBACK")
                     raise
                 c.execute("COMMIT")
+                for identity in applied:  # only once committed: a rolled back batch is applied again next time
+                    self._deferred.pop(identity, None)
             except sqlite3.Error as e:
                 raise ManifestError(f"{self._path}: cannot write the manifest ({e})") from e
             finally:
@@ -660,6 +668,48 @@ class Manifest:
         a `begin_attempt` and the start request it guards inside the same batch."""
         with self._write():
             yield
+
+    def flush(self) -> None:
+        """Write every deferred `finish` now (one transaction, one fsync); a no-op when none is pending."""
+        if self._deferred:
+            with self._write():
+                pass
+
+    def _flush_for(self, identity: str | None = None) -> None:
+        # Reads see deferred finishes too: one about `identity` (or any, for queries over many runs) is
+        # written first. The executor never reads a run it has just finished, so this stays rare.
+        if self._deferred and self._writer and (identity is None or identity in self._deferred):
+            self.flush()
+
+    def _apply_deferred(self, c: sqlite3.Connection) -> list[str]:
+        if not self._deferred:
+            return []
+        applied = list(self._deferred)
+        for identity in applied:
+            self._finish_row(c, *self._deferred[identity])
+        return applied
+
+    def _finish_row(
+        self,
+        c: sqlite3.Connection,
+        identity: str,
+        state: RunState,
+        outputs_json: str,
+        error: str | None,
+        error_code: str | None,
+        request_id: str | None,
+        remote_duration: float | None,
+        now: str,
+    ) -> str:
+        old = self._state_of(c, identity)
+        cur = c.execute(
+            "UPDATE runs SET state = ?, outputs_json = ?, error = ?, error_code = ?, request_id = ?, "
+            "remote_duration = ?, finished_at = ?, updated_at = ? WHERE identity = ? RETURNING app_id",
+            (state.value, outputs_json, error, error_code, request_id, remote_duration, now, now, identity),
+        )
+        app_id = str(cur.fetchone()[0])
+        self._transition(c, identity, old, state, now, _detail(error_code, error))
+        return app_id
 
     def _state_of(self, c: sqlite3.Connection, identity: str) -> RunState:
         row = c.execute("SELECT state FROM runs WHERE identity = ?", (identity,)).fetchone()
@@ -772,31 +822,31 @@ class Manifest:
         error_code: str | None = None,
         request_id: str | None = None,
         remote_duration: float | None = None,
+        defer: bool = False,
+        app_id: str | None = None,
     ) -> None:
-        """The run reached a finished state (completed, failed, cancelled, timed_out, unknown)."""
+        """The run reached a finished state (completed, failed, cancelled, timed_out, unknown).
+
+        `defer=True` (with the run's `app_id`): not committed now but with the next write transaction or
+        `flush()` (reads of the run flush it first; `close()` flushes). Only for a finish that losing in a
+        crash costs nothing but a status request on resume: the run stays `running` with its remote id."""
         state = RunState(state)
         if state not in FINISHED_STATES:
             raise ValueError(f"finish() needs a finished state, not {state.value}; use set_state()")
+        if not self._writer:
+            raise ManifestError(f"{self._path}: opened read-only; only the running batch writes the manifest")
         now = self._clock()
-        with self._write() as c:
-            old = self._state_of(c, identity)
-            cur = c.execute(
-                "UPDATE runs SET state = ?, outputs_json = ?, error = ?, error_code = ?, request_id = ?, "
-                "remote_duration = ?, finished_at = ?, updated_at = ? WHERE identity = ? RETURNING app_id",
-                (
-                    state.value,
-                    _outputs_json(outputs),
-                    error,
-                    error_code,
-                    request_id,
-                    remote_duration,
-                    now,
-                    now,
-                    identity,
-                ),
-            )
-            app_id = str(cur.fetchone()[0])
-            self._transition(c, identity, old, state, now, _detail(error_code, error))
+        row = (identity, state, _outputs_json(outputs), error, error_code, request_id, remote_duration, now)
+        if defer and app_id is not None:
+            with self._mutex:
+                if self._closed:
+                    raise ManifestError(f"{self._path}: manifest already closed")
+                self._deferred.pop(identity, None)  # a newer finish of the same run replaces the older one
+                self._deferred[identity] = row
+        else:
+            with self._write() as c:
+                self._deferred.pop(identity, None)
+                app_id = self._finish_row(c, *row)
         if state is RunState.COMPLETED and remote_duration is not None:
             window = self._durations.get(app_id)
             if window is not None:
@@ -856,11 +906,13 @@ class Manifest:
     # ----------------------------------------------------------------- reads
 
     def get(self, identity: str) -> RunRecord | None:
+        self._flush_for(identity)
         with self._read() as c:
             row = c.execute(_SELECT_RUNS + " WHERE identity = ?", (identity,)).fetchone()
         return None if row is None else _record(row)
 
     def get_many(self, identities: Iterable[str]) -> dict[str, RunRecord]:
+        self._flush_for()
         wanted = list(dict.fromkeys(identities))
         found: dict[str, RunRecord] = {}
         for i in range(0, len(wanted), _PAGE):
@@ -876,6 +928,7 @@ class Manifest:
     ) -> Iterator[RunRecord]:
         """Every run ordered by row number, then insertion (step) order; streamed in pages, so it neither
         holds the whole manifest in memory nor keeps a read transaction open between pages."""
+        self._flush_for()
         where: list[str] = []
         params: list[Any] = []
         if step_id is not None:
@@ -909,6 +962,7 @@ class Manifest:
 
     def by_remote_id(self, remote_id: str) -> RunRecord | None:
         """The run that has (or, for an earlier attempt, had) this remote id."""
+        self._flush_for()
         with self._read() as c:
             row = c.execute(_SELECT_RUNS + " WHERE remote_id = ? LIMIT 1", (remote_id,)).fetchone()
             if row is None:
@@ -920,6 +974,7 @@ class Manifest:
 
     def known_remote_ids(self, app_id: str) -> set[str]:
         """Every remote id this manifest ever recorded for `app_id` (reconcile adopts only the others)."""
+        self._flush_for()
         with self._read() as c:
             rows = c.execute(
                 "SELECT remote_id FROM remote_ids WHERE app_id = ? "
@@ -930,6 +985,7 @@ class Manifest:
 
     def counts(self) -> dict[str, dict[RunState, int]]:
         """Per step (in the order steps first appear), the number of runs in every state (zeros included)."""
+        self._flush_for()
         with self._read() as c:
             rows = c.execute("SELECT step_id, state, COUNT(*), MIN(rowid) FROM runs GROUP BY step_id, state").fetchall()
         first: dict[str, int] = {}
@@ -943,6 +999,7 @@ class Manifest:
         return result
 
     def transitions(self, identity: str) -> list[Transition]:
+        self._flush_for(identity)
         with self._read() as c:
             rows = c.execute(
                 "SELECT id, identity, from_state, to_state, at, detail FROM transitions "
@@ -957,6 +1014,7 @@ class Manifest:
         """Median remote duration of the app's last completed runs (at most DURATION_WINDOW), or None."""
         window = self._durations.get(app_id)
         if window is None:
+            self._flush_for()
             with self._read() as c:
                 rows = c.execute(
                     "SELECT remote_duration FROM runs WHERE app_id = ? AND state = ? "

@@ -28,6 +28,8 @@ IN_FLIGHT_RECHECK = 0.05
 # A long poll (/wait) is held by the server for up to minutes; it is counted as arriving this long after
 # its grant rather than at its reply, so holding a poll open does not hold a slot of the budget too.
 LONG_POLL_ARRIVAL = 1.0
+# How long after its grant a request may still be on its way to the server, uncounted by a reply we read.
+IN_TRANSIT = 0.1
 
 
 @dataclass
@@ -71,7 +73,10 @@ class RateLimiter:
         self._clock = clock
         self._sleep = sleep
         self._grants: deque[_Grant] = deque()
-        self._seq = 0  # grants issued so far; observe() compares against it
+        self._seq = 0  # grants issued so far
+        self._last_seq = -1  # the newest grant whose reply set the server budget
+        self._open = 0  # requests sent whose replies are outstanding (not long polls)
+        self._recent_polls: deque[float] = deque()  # grant times of long polls that may not have arrived yet
         self._paused_until = -math.inf
         # The server's own view of our budget; None when it does not say.
         self._server_remaining: int | None = None
@@ -137,13 +142,16 @@ class RateLimiter:
         await self.acquire()
         grant = self._grants[-1]  # ours: nothing ran between the grant and here
         if long_poll:
+            self._recent_polls.append(grant.at)
             grant.at += LONG_POLL_ARRIVAL
             yield grant.seq
             return
         grant.open = True
+        self._open += 1
         try:
             yield grant.seq
         finally:
+            self._open -= 1
             grant.at = max(grant.at, self._clock())
             grant.open = False
 
@@ -155,16 +163,29 @@ class RateLimiter:
     def observe(self, headers: Mapping[str, str], seq: int | None = None) -> None:
         """Adopt the server-stated budget from `RateLimit-Remaining` / `RateLimit-Reset` (delta seconds).
 
-        `seq` is the reply's grant (from slot()); requests granted after it may not be in the server's count
-        yet, so they are taken off what it says remains."""
+        `seq` is the reply's grant (from slot()). Requests still on their way may not be in the server's count
+        yet (other replies outstanding, long polls granted in the last IN_TRANSIT s), so they are taken
+        off what it says remains; a reply older than the one that last set the budget can only lower it."""
         lowered = {k.lower(): v for k, v in headers.items()}
         remaining = _int_header(lowered.get("ratelimit-remaining"))
         reset = _float_header(lowered.get("ratelimit-reset"))
         if remaining is None or reset is None:
             return
-        unseen = self._seq - seq - 1 if seq is not None else 0
-        self._server_remaining = max(0, remaining - max(0, unseen))
-        self._server_reset_at = self._clock() + max(0.0, reset)
+        now = self._clock()
+        while self._recent_polls and self._recent_polls[0] + IN_TRANSIT <= now:
+            self._recent_polls.popleft()
+        estimate = max(0, remaining - self._open - len(self._recent_polls))
+        stale = seq is not None and seq < self._last_seq
+        if stale and self._server_remaining is not None:
+            estimate = min(estimate, self._server_remaining)
+        elif seq is not None:
+            self._last_seq = seq
+        self._server_remaining = estimate
+        # Reset is whole seconds rounded up, so each reply bounds the window's end from above: within one
+        # window keep the tightest bound seen (replies spread over a window pin it to a fraction of a second).
+        candidate = now + max(0.0, reset)
+        same_window = self._server_reset_at > now and abs(candidate - self._server_reset_at) < 1.0 + 1e-6
+        self._server_reset_at = min(candidate, self._server_reset_at) if same_window else candidate
         self._server_window = max(self._server_window, reset)
         limit = _int_header(lowered.get("ratelimit-limit"))
         if limit is not None and limit > 0:

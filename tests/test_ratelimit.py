@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import math
 
 import pytest
@@ -208,14 +209,18 @@ def test_without_hard_cap_the_server_budget_governs() -> None:
 
 
 def test_replies_discount_requests_the_server_has_not_counted_yet() -> None:
-    """A reply saying 5 remain, while 3 later requests are still out, leaves 2 to spend."""
+    """A reply saying 5 remain, while 3 other requests are still out, leaves 2 to spend."""
     t = FakeTime()
     limiter = RateLimiter(Rate(90, 60), hard_cap=False, clock=t.clock, sleep=t.sleep)
-    for _ in range(4):
-        assert limiter.try_acquire() == 0.0
-    limiter.observe({"RateLimit-Remaining": "5", "RateLimit-Reset": "30"}, 0)  # the reply to grant 0
-    assert [limiter.try_acquire() for _ in range(2)] == [0.0, 0.0]
-    assert limiter.try_acquire() == pytest.approx(30.0)
+
+    async def go() -> list[float]:
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(3):
+                await stack.enter_async_context(limiter.slot())  # three requests in flight
+            limiter.observe({"RateLimit-Remaining": "5", "RateLimit-Reset": "30"}, 99)
+            return [limiter.try_acquire() for _ in range(3)]
+
+    assert asyncio.run(go()) == [0.0, 0.0, pytest.approx(30.0)]
 
 
 def test_without_server_statement_our_own_cap_applies() -> None:
