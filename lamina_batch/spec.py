@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, cast
 
-import jsonschema  # type: ignore[import-untyped,unused-ignore]
+import jsonschema
 import yaml
 
 from lamina_batch import templates
@@ -114,7 +114,7 @@ class _LineLoader(yaml.SafeLoader):
     (`on:` stays "on", not True), constructs timestamps as strings, and records node lines by JSON path."""
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        event = self.peek_event()  # type: ignore[no-untyped-call]
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # types-PyYAML leaves the parser untyped
         if isinstance(event, yaml.AliasEvent):
             raise _YamlRefused(
                 problem=f"YAML aliases are not allowed (*{event.anchor}); write the value out",
