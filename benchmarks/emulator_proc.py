@@ -24,8 +24,10 @@ def snapshot(emu: Emulator) -> dict[str, Any]:
         status = str(body["status"]) if body else "missing"
         statuses[status] = statuses.get(status, 0) + 1
     ru = resource.getrusage(resource.RUSAGE_SELF)
+    api = st.api_requests()
     return {
-        "api_requests": len(st.api_requests()),
+        "api_requests": len(api),
+        "first_api_time": min((r.time for r in api), default=None),
         "starts": st.starts,
         "duplicate_starts": sum(n - 1 for n in st.duplicate_starts().values()),
         "sent_429": st.sent_429,

@@ -165,22 +165,20 @@ class RateLimiter:
 
         `seq` is the reply's grant (from slot()). Requests still on their way may not be in the server's count
         yet (other replies outstanding, long polls granted in the last IN_TRANSIT s), so they are taken
-        off what it says remains; a reply older than the one that last set the budget can only lower it."""
+        off what it says remains; a reply to a request older than the one that last set the budget is ignored."""
         lowered = {k.lower(): v for k, v in headers.items()}
         remaining = _int_header(lowered.get("ratelimit-remaining"))
         reset = _float_header(lowered.get("ratelimit-reset"))
         if remaining is None or reset is None:
             return
         now = self._clock()
+        if seq is not None:
+            if seq < self._last_seq:
+                return  # a reply to an older request (a long poll held open): newer replies know better
+            self._last_seq = seq
         while self._recent_polls and self._recent_polls[0] + IN_TRANSIT <= now:
             self._recent_polls.popleft()
-        estimate = max(0, remaining - self._open - len(self._recent_polls))
-        stale = seq is not None and seq < self._last_seq
-        if stale and self._server_remaining is not None:
-            estimate = min(estimate, self._server_remaining)
-        elif seq is not None:
-            self._last_seq = seq
-        self._server_remaining = estimate
+        self._server_remaining = max(0, remaining - self._open - len(self._recent_polls))
         # Reset is whole seconds rounded up, so each reply bounds the window's end from above: within one
         # window keep the tightest bound seen (replies spread over a window pin it to a fraction of a second).
         candidate = now + max(0.0, reset)

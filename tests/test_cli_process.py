@@ -283,3 +283,60 @@ def test_max_starts_guard_exits_3_and_resumes(tmp_path: Path, emulator: Emulator
     final = run_cli(pipeline, env)
     assert final.returncode == 0, final.stderr
     assert_exactly_once(emulator, 5)
+
+
+@pytest.mark.parametrize("drop", [False, True], ids=["503", "dropped-connections"])
+def test_sixty_second_outage_mid_batch_costs_no_run(
+    drop: bool, tmp_path: Path, make_emulator: Callable[..., Emulator]
+) -> None:
+    """A 60 s outage (every API request 503, or its connection dropped) mid-batch: every run completes, once."""
+    emu = make_emulator(duration=(1.0, 2.0))
+    pipeline = write_pipeline(tmp_path, 12)
+    proc = start_cli(pipeline, cli_env(emu))
+    deadline = time.monotonic() + 30
+    while emu.stats.starts < 6 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    emu.set_outage(True, drop=drop)
+    time.sleep(60)
+    emu.set_outage(False)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert manifest_states(pipeline) == {"completed": 24}
+    assert_exactly_once(emu, 24)
+
+
+def test_cancel_stops_the_runs_an_interrupted_batch_left_running(
+    tmp_path: Path, make_emulator: Callable[..., Emulator]
+) -> None:
+    """After a SIGTERM leaves runs going remotely, `cancel` cancels each one and `status` then exits 1."""
+    emu = make_emulator(duration=(30.0, 30.0))
+    pipeline = write_pipeline(tmp_path, 3, banner=False)
+    env = cli_env(emu)
+    proc = start_cli(pipeline, env)
+    deadline = time.monotonic() + 20
+    while emu.stats.starts < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=20)
+    assert manifest_states(pipeline) == {"running": 3}
+    res = subprocess.run(
+        [sys.executable, "-m", "lamina_batch", "cancel", str(pipeline)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.count(": cancelled") == 3
+    assert manifest_states(pipeline) == {"cancelled": 3}
+    assert sorted(emu.run_status(i)["status"] for i in emu.run_ids()) == ["cancelled"] * 3
+    status = subprocess.run(
+        [sys.executable, "-m", "lamina_batch", "status", str(pipeline)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert status.returncode == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from collections.abc import Callable, Coroutine
@@ -789,3 +790,111 @@ def test_emulator_injected_429_is_retried(make_emulator: Callable[..., Emu]) -> 
     assert emu.stats.sent_429 > 0
     assert client.stats.rate_limited == emu.stats.sent_429
     assert emu.stats.starts == 1
+
+
+# ---------------------------------------------------------------------------- the lean HTTP/1.1 engine
+
+
+async def _scripted_server(replies: list[bytes], seen: list[bytes]) -> tuple[asyncio.AbstractServer, str]:
+    """A loopback server answering each request (read up to its blank line) with the next scripted reply;
+    an empty reply closes the connection without answering. `seen` gets one entry per connection accepted."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(b"connection")
+        try:
+            while replies:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    (int(x.split(b":")[1]) for x in head.split(b"\r\n") if x.lower().startswith(b"content-length")), 0
+                )
+                if length:
+                    await reader.readexactly(length)
+                reply = replies.pop(0)
+                if not reply:
+                    break
+                writer.write(reply)
+                await writer.drain()
+                if b"Connection: close" in reply or (b"Content-Length" not in reply and b"chunked" not in reply):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    return server, f"http://127.0.0.1:{port}"
+
+
+RUN_JSON = json.dumps({"data": {"runId": "r1", "status": "completed", "outputs": []}}).encode()
+
+
+def test_lean_engine_parses_length_chunked_and_close_delimited_replies() -> None:
+    """The lean engine reads Content-Length, chunked and close-delimited bodies, reusing kept-alive connections."""
+    half = len(RUN_JSON) // 2
+    replies = [
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+        % (len(RUN_JSON), RUN_JSON),
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"%x;ext=1\r\n%s\r\n%x\r\n%s\r\n0\r\nX-Trailer: 1\r\n\r\n"
+        % (half, RUN_JSON[:half], len(RUN_JSON) - half, RUN_JSON[half:]),
+        b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + RUN_JSON,
+        b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(RUN_JSON), RUN_JSON),
+    ]
+    seen: list[bytes] = []
+
+    async def go() -> list[str]:
+        server, url = await _scripted_server(replies, seen)
+        async with server:
+            client = LaminaClient(url, KEY, "runs", Rate(1000, 1))
+            async with client:
+                return [(await client.get_run("r1")).status for _ in range(4)]
+
+    assert asyncio.run(go()) == ["completed"] * 4
+    assert len(seen) == 2  # three replies on one kept-alive connection; the close-delimited one ended it
+
+
+def test_lean_engine_maps_a_dropped_reply_like_httpx() -> None:
+    """A connection closed before the reply: ConnectionLostError for a GET, UnknownOutcomeError for a start."""
+    seen: list[bytes] = []
+
+    async def go() -> tuple[BaseException, BaseException]:
+        server, url = await _scripted_server([b"", b""], seen)
+        async with server:
+            client = LaminaClient(url, KEY, "runs", Rate(1000, 1), retry_policy=RetryPolicy(max_attempts=1))
+            async with client:
+                with pytest.raises(ConnectionLostError) as got:
+                    await client.get_run("r1")
+                with pytest.raises(UnknownOutcomeError) as started:
+                    await client.start("app_1", {"Prompt": "x"})
+                return got.value, started.value
+
+    lost, unknown = asyncio.run(go())
+    assert KEY not in str(lost)
+    assert KEY not in str(unknown)
+
+
+def test_lean_engine_read_timeout_is_silence() -> None:
+    """No byte within the read timeout raises httpx.ReadTimeout (mapped to ReadTimeoutError by the client)."""
+    from lamina_batch.client import _LeanHttp
+
+    async def go() -> None:
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await reader.read()  # until the client gives up and closes
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            lean = _LeanHttp(f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {KEY}"}, 4)
+            with pytest.raises(httpx.ReadTimeout):
+                await lean.request("GET", "/v1/runs/x", None, None, 0.2)
+            assert KEY not in repr(lean)
+            await lean.aclose()
+            server.close()
+
+    asyncio.run(go())

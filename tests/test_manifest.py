@@ -712,3 +712,53 @@ def test_batch_commits_all_or_nothing(writer: Manifest, mpath: Path) -> None:
             half_valid_batch()
         assert reader.counts()["hero"][RunState.UNKNOWN] == 3
         assert len(writer.transitions(runs[0].identity)) == 2
+
+
+def _reader_state(mpath: Path, identity: str) -> str:
+    conn = sqlite3.connect(mpath)
+    try:
+        return str(conn.execute("SELECT state FROM runs WHERE identity = ?", (identity,)).fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_deferred_finish_rides_with_the_next_commit(writer: Manifest, mpath: Path) -> None:
+    """finish(defer=True) is not on disk until the next write transaction, which carries it."""
+    a, b = make_run(1), make_run(2)
+    writer.begin_attempt(a, a.inputs)
+    writer.set_remote_id(a.identity, "r1")
+    writer.finish(a.identity, RunState.COMPLETED, remote_duration=2.0, defer=True, app_id=a.app_id)
+    assert _reader_state(mpath, a.identity) == "running"
+    assert writer.median_duration(a.app_id) == 2.0
+    writer.begin_attempt(b, b.inputs)
+    assert _reader_state(mpath, a.identity) == "completed"
+    assert [t.to_state for t in writer.transitions(a.identity)][-1] is RunState.COMPLETED
+
+
+def test_deferred_finish_is_seen_by_reads_and_flushed_on_close(mpath: Path) -> None:
+    """Reading a deferred-finished run writes it first; close() writes whatever is still deferred."""
+    run_a, run_b = make_run(1), make_run(2)
+    with Manifest.open(mpath, pipeline_name=NAME, writer=True) as m:
+        for r in (run_a, run_b):
+            m.begin_attempt(r, r.inputs)
+            m.set_remote_id(r.identity, f"remote-{r.identity}")
+        m.finish(run_a.identity, RunState.COMPLETED, defer=True, app_id=run_a.app_id)
+        rec = m.get(run_a.identity)
+        assert rec is not None
+        assert rec.state is RunState.COMPLETED
+        m.finish(run_b.identity, RunState.COMPLETED, defer=True, app_id=run_b.app_id)
+        assert _reader_state(mpath, run_b.identity) == "running"
+    assert _reader_state(mpath, run_b.identity) == "completed"
+
+
+def test_deferred_finish_survives_a_rolled_back_transaction(writer: Manifest, mpath: Path) -> None:
+    """A write that fails (and rolls back) keeps the deferred finish pending; the next write commits it."""
+    a = make_run(1)
+    writer.begin_attempt(a, a.inputs)
+    writer.set_remote_id(a.identity, "r1")
+    writer.finish(a.identity, RunState.COMPLETED, defer=True, app_id=a.app_id)
+    with pytest.raises(ManifestError):
+        writer.begin_attempt(a, a.inputs)  # completed now (inside the transaction): refused, rolled back
+    assert _reader_state(mpath, a.identity) == "running"
+    writer.flush()
+    assert _reader_state(mpath, a.identity) == "completed"
