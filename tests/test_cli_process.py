@@ -116,7 +116,7 @@ def test_kill_minus_nine_at_random_moments_never_pays_twice(
     tmp_path: Path, make_emulator: Callable[..., Emulator]
 ) -> None:
     """20+ SIGKILLs at seeded random moments, then a resume: all 60 runs complete with one start each."""
-    emu = make_emulator(duration=(0.3, 1.2), queued=0.05)
+    emu = make_emulator(duration=(0.6, 1.6), queued=0.05)
     pipeline = write_pipeline(tmp_path, 30)
     env = cli_env(emu)
     landed = kill_loop(pipeline, env, random.Random(20261128), kills=22)
