@@ -9,12 +9,11 @@ import math
 import os
 import random
 import time
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypedDict, TypeVar
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -55,9 +54,11 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 30.0
 WAIT_GRACE = 15.0  # /wait holds the reply up to its timeout; allow this much on top before calling it lost
 DEFAULT_429_PAUSE = 1.0
-# httpcore's pool scans every connection for every queued request (O(connections x requests)); measured
-# against the emulator at 100-200 in flight, pools of ~16 connections cut our CPU per request by ~40-50%.
-CONNECTIONS_PER_POOL = 1
+POOL_TIMEOUT = 60.0  # waiting for a free connection; runs in flight hold theirs during /wait
+# httpcore's pool scans every connection for every queued request (O(connections x requests)). Measured on the
+# 2000-run benchmark (100 in flight, emulator in another process): pools of 16 connections 14.2-14.6 s CPU,
+# pools of 4 10.5-10.9 s, pools of 1 10.5-11.6 s; so small pools, without one AsyncClient per connection.
+CONNECTIONS_PER_POOL = 4
 # Request bodies as httpx would send them (compact UTF-8); one encoder, built once.
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 DEFAULT_RATE = Rate(90, 60)  # under Lamina's 100/min, leaving room for other tools on the same IP
@@ -134,360 +135,12 @@ def _seg(value: str) -> str:
     return quote(value, safe="")
 
 
-# ---------------------------------------------------------------------- the lean HTTP/1.1 engine
-
-# httpx + httpcore + anyio cost ~1.8 ms of CPU per request at 100 in flight (profiled on the 2000-run
-# benchmark: URL objects, cookie jars, cancel scopes, h11 validation, a readability probe of every pooled
-# socket); this engine does what a JSON API client needs on asyncio's own protocol machinery, for a fraction.
-# It raises httpx's exception types so the error mapping (and what counts as "sent") stays the same.
-KEEPALIVE_EXPIRY = 5.0  # httpx's default: an idle connection older than this may be closed by the server
-POOL_TIMEOUT = 60.0
-_MAX_HEAD = 64 * 1024
-_MAX_BODY = 64 * 1024 * 1024
-_LENGTH, _CHUNKED, _UNTIL_CLOSE = 0, 1, 2
-
-
-@dataclass(frozen=True)
-class _Reply:
-    """One response: status, headers (lower-case names; repeated ones joined with ', '), body bytes."""
-
-    status: int
-    reason: str
-    headers: dict[str, str]
-    content: bytes
-    raw_headers: tuple[tuple[str, str], ...]
-
-
-class _Http11(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection: at most one request at a time, the response parsed as it arrives."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self.transport: asyncio.Transport | None = None
-        self.closed = False
-        self.idle_since = loop.time()
-        self.last_data = 0.0
-        self._buf = bytearray()
-        self._waiter: asyncio.Future[_Reply] | None = None
-        self._start_response()
-
-    def _start_response(self) -> None:
-        self._head: tuple[int, str, dict[str, str], tuple[tuple[str, str], ...], bool] | None = None
-        self._mode = _LENGTH
-        self._length = 0
-        self._pos = 0
-        self._chunk_left: int | None = None
-        self._chunks: list[bytes] = []
-
-    # asyncio.Protocol callbacks
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        if self._waiter is None or self._waiter.done():
-            self.close()  # bytes nobody asked for: the connection's framing can no longer be trusted
-            return
-        self.last_data = self._loop.time()
-        self._buf += data
-        self._advance(eof=False)
-
-    def eof_received(self) -> bool:
-        self._advance(eof=True)
-        self.closed = True
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            if exc is None:
-                waiter.set_exception(httpx.RemoteProtocolError("Server disconnected without sending a response."))
-            else:
-                waiter.set_exception(httpx.ReadError(f"{type(exc).__name__}: {exc}"))
-
-    # use
-
-    @property
-    def usable(self) -> bool:
-        return not self.closed and self.transport is not None and not self.transport.is_closing()
-
-    def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.abort()
-
-    def send(self, data: bytes) -> asyncio.Future[_Reply]:
-        assert self.transport is not None
-        self._buf.clear()
-        self._start_response()
-        self._waiter = waiter = self._loop.create_future()
-        self.last_data = self._loop.time()
-        self.transport.write(data)
-        return waiter
-
-    def done_with(self) -> bool:
-        """After a reply: True if the connection can carry another request."""
-        self._waiter = None
-        return self.usable and not self._buf
-
-    # parsing
-
-    def _advance(self, *, eof: bool) -> None:
-        waiter = self._waiter
-        if waiter is None or waiter.done():
-            return
-        try:
-            reply = self._parse(eof)
-        except httpx.HTTPError as exc:
-            waiter.set_exception(exc)
-            self.close()
-            return
-        if reply is not None:
-            waiter.set_result(reply)
-        elif eof:
-            waiter.set_exception(httpx.RemoteProtocolError("Server disconnected without sending a complete response."))
-
-    def _parse(self, eof: bool) -> _Reply | None:
-        buf = self._buf
-        while self._head is None:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                if len(buf) > _MAX_HEAD:
-                    raise httpx.RemoteProtocolError("response head too large")
-                return None
-            lines = bytes(buf[:end]).decode("latin-1").split("\r\n")
-            del buf[: end + 4]
-            version, _, rest = lines[0].partition(" ")
-            code, _, reason = rest.partition(" ")
-            if not version.startswith("HTTP/1.") or not code.isdigit() or len(code) != 3:
-                raise httpx.RemoteProtocolError(f"malformed status line {lines[0][:80]!r}")
-            status = int(code)
-            if 100 <= status < 200:
-                continue  # interim response (e.g. 100 Continue): the real one follows
-            headers: dict[str, str] = {}
-            raw: list[tuple[str, str]] = []
-            for line in lines[1:]:
-                name, sep, value = line.partition(":")
-                if not sep or not name or name[-1] in " \t":
-                    raise httpx.RemoteProtocolError("malformed response header")
-                value = value.strip()
-                raw.append((name, value))
-                key = name.lower()
-                headers[key] = f"{headers[key]}, {value}" if key in headers else value
-            connection = headers.get("connection", "").lower()
-            reusable = "close" not in connection and (version != "HTTP/1.0" or "keep-alive" in connection)
-            self._head = (status, reason, headers, tuple(raw), reusable)
-            if "chunked" in headers.get("transfer-encoding", "").lower():
-                self._mode = _CHUNKED
-            elif "content-length" in headers:
-                try:
-                    self._length = int(headers["content-length"].split(",")[0])
-                except ValueError:
-                    raise httpx.RemoteProtocolError("malformed Content-Length") from None
-                if not 0 <= self._length <= _MAX_BODY:
-                    raise httpx.RemoteProtocolError("unacceptable Content-Length")
-                self._mode = _LENGTH
-            elif status in (204, 304):
-                self._length = 0
-            else:
-                self._mode = _UNTIL_CLOSE
-        status, reason, headers, raw_headers, reusable = self._head
-        if self._mode == _LENGTH:
-            if len(buf) < self._length:
-                return None
-            body = bytes(buf[: self._length])
-            del buf[: self._length]
-        elif self._mode == _UNTIL_CLOSE:
-            if len(buf) > _MAX_BODY:
-                raise httpx.RemoteProtocolError("response body too large")
-            if not eof:
-                return None
-            body = bytes(buf)
-            buf.clear()
-            reusable = False
-        else:
-            chunked = self._chunked()
-            if chunked is None:
-                return None
-            body = chunked
-        if not reusable:
-            self.closed = True
-        return _Reply(status, reason, headers, body, raw_headers)
-
-    def _chunked(self) -> bytes | None:
-        buf = self._buf
-        while True:
-            if self._chunk_left is None:  # a chunk-size line
-                end = buf.find(b"\r\n", self._pos)
-                if end < 0:
-                    return None
-                try:
-                    size = int(bytes(buf[self._pos : end]).split(b";")[0].strip(), 16)
-                except ValueError:
-                    raise httpx.RemoteProtocolError("malformed chunk size") from None
-                if size < 0 or self._pos + size > _MAX_BODY:
-                    raise httpx.RemoteProtocolError("unacceptable chunk size")
-                self._pos = end + 2
-                self._chunk_left = size if size else -1
-            elif self._chunk_left < 0:  # trailer lines, up to an empty one
-                end = buf.find(b"\r\n", self._pos)
-                if end < 0:
-                    return None
-                empty = end == self._pos
-                self._pos = end + 2
-                if empty:
-                    del buf[: self._pos]
-                    return b"".join(self._chunks)
-            else:
-                if len(buf) - self._pos < self._chunk_left + 2:
-                    return None
-                self._chunks.append(bytes(buf[self._pos : self._pos + self._chunk_left]))
-                self._pos += self._chunk_left + 2
-                self._chunk_left = None
-
-
-class _LeanHttp:
-    """A keep-alive pool of `_Http11` connections to one origin, most recently used first (O(1) per request).
-
-    Holds the request headers (the key among them) as bytes; never rendered by repr."""
-
-    def __init__(self, base_url: str, headers: Mapping[str, str], max_connections: int) -> None:
-        parts = urlsplit(base_url)
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname or ""
-        self._port = parts.port or (443 if self._https else 80)
-        authority = parts.netloc.rpartition("@")[2]
-        self._prefix = parts.path.rstrip("/")
-        self._head_tail = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-        self._host_line = f"Host: {authority}\r\n"
-        self._tls: Any = None
-        self._idle: list[_Http11] = []
-        self._all: set[_Http11] = set()
-        self._slots = asyncio.Semaphore(max(1, max_connections))
-        self._closed = False
-
-    def __repr__(self) -> str:
-        return f"_LeanHttp({self._host!r}, {self._port})"
-
-    @staticmethod
-    def usable_for(base_url: str) -> bool:
-        """False when an environment proxy applies to this origin (httpx handles proxies; we do not)."""
-        parts = urlsplit(base_url)
-        proxies = urllib.request.getproxies()
-        if parts.scheme not in proxies and "all" not in proxies:
-            return True
-        return bool(urllib.request.proxy_bypass(parts.netloc.rpartition("@")[2]))
-
-    async def request(
-        self, method: str, path: str, params: Mapping[str, str | int] | None, body: bytes | None, read_timeout: float
-    ) -> _Reply:
-        target = self._prefix + path
-        if params:
-            target += "?" + urlencode(params, quote_via=quote)
-        head = f"{method} {target} HTTP/1.1\r\n{self._host_line}{self._head_tail}"
-        if body is not None:
-            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-            data = head.encode("utf-8") + body
-        else:
-            data = (head + ("Content-Length: 0\r\n\r\n" if method in ("POST", "PUT", "PATCH") else "\r\n")).encode(
-                "utf-8"
-            )
-        slots = self._slots
-        if slots.locked():
-            try:
-                await asyncio.wait_for(slots.acquire(), POOL_TIMEOUT)
-            except TimeoutError:
-                raise httpx.PoolTimeout("no connection became free in time") from None
-        else:
-            await slots.acquire()
-        try:
-            conn = await self._connection()
-            return await self._exchange(conn, data, read_timeout)
-        finally:
-            slots.release()
-
-    async def _connection(self) -> _Http11:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        while self._idle:
-            conn = self._idle.pop()
-            if conn.usable and now - conn.idle_since < KEEPALIVE_EXPIRY:
-                return conn
-            self._drop(conn)
-        if self._closed:
-            raise httpx.ConnectError("the client is closed")
-        if self._https and self._tls is None:
-            self._tls = httpx.create_ssl_context()  # honours SSL_CERT_FILE / SSL_CERT_DIR like httpx
-        try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: _Http11(loop),
-                    self._host,
-                    self._port,
-                    ssl=self._tls if self._https else None,
-                    server_hostname=self._host if self._https else None,
-                ),
-                CONNECT_TIMEOUT,
-            )
-        except TimeoutError:
-            raise httpx.ConnectTimeout(f"connecting to {self._host}:{self._port} timed out") from None
-        except OSError as exc:
-            raise httpx.ConnectError(f"{type(exc).__name__}: {exc}") from None
-        self._all.add(conn)
-        return conn
-
-    async def _exchange(self, conn: _Http11, data: bytes, read_timeout: float) -> _Reply:
-        loop = asyncio.get_running_loop()
-        waiter = conn.send(data)
-        timer: asyncio.TimerHandle | None = None
-
-        def check() -> None:
-            # a read timeout is silence for `read_timeout`, like httpx's; re-armed while bytes keep coming
-            nonlocal timer
-            if waiter.done():
-                return
-            left = conn.last_data + read_timeout - loop.time()
-            if left > 0:
-                timer = loop.call_later(left, check)
-            else:
-                waiter.set_exception(httpx.ReadTimeout(f"no reply within {read_timeout:g} s"))
-
-        timer = loop.call_later(read_timeout, check)
-        try:
-            reply = await waiter
-        except BaseException:
-            self._drop(conn)  # the reply's framing is unknown (timeout, reset, cancellation): never reuse it
-            raise
-        finally:
-            if timer is not None:
-                timer.cancel()
-        if conn.done_with() and not self._closed:
-            conn.idle_since = loop.time()
-            self._idle.append(conn)
-        else:
-            self._drop(conn)
-        return reply
-
-    def _drop(self, conn: _Http11) -> None:
-        self._all.discard(conn)
-        conn.close()
-
-    async def aclose(self) -> None:
-        self._closed = True
-        self._idle.clear()
-        for conn in list(self._all):
-            self._drop(conn)
-        await asyncio.sleep(0)  # lets the transports run their close callbacks before the loop ends
-
-
 class LaminaClient:
     """Async client for one Lamina account. Use as `async with LaminaClient(...) as client:`.
 
     The key lives only inside the httpx clients' `Authorization` header (httpx masks it in reprs); no
     attribute, repr, log line or exception of ours carries it. Requests go to the least busy of `pools`
-    connection pools (default: one per 16 connections) because one pool's bookkeeping grows with the
+    connection pools (default: one per 4 connections) because one pool's bookkeeping grows with the
     connections it holds (DESIGN.md §6). `max_connections` should be at least the runs in flight.
     """
 
@@ -500,7 +153,6 @@ class LaminaClient:
         transport: httpx.AsyncBaseTransport | None = None,
         *,
         rate_cap: bool = True,
-        engine: Literal["auto", "httpx"] = "auto",
         pools: int | None = None,
         max_connections: int = 128,
         limiter: RateLimiter | None = None,
@@ -532,10 +184,6 @@ class LaminaClient:
         }
         self._http: list[httpx.AsyncClient] = []
         self._inflight: list[int] = []
-        self._lean: _LeanHttp | None = None
-        if engine == "auto" and transport is None and pools is None and _LeanHttp.usable_for(self.base_url):
-            self._lean = _LeanHttp(self.base_url, headers, max_connections)
-            return
         timeout = httpx.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT, write=READ_TIMEOUT, pool=POOL_TIMEOUT)
         if transport is not None:
             pools = 1  # an injected transport (tests, MockTransport) is one pool whatever we do
@@ -591,8 +239,6 @@ class LaminaClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._lean is not None:
-            await self._lean.aclose()
         for http in self._http:
             await http.aclose()
 
@@ -767,28 +413,15 @@ class LaminaClient:
             self.stats.requests += 1
             self._budget.record_request()
             try:
-                if self._lean is not None:
-                    payload = None if body is None else _JSON.encode(body).encode("utf-8")
-                    reply = await self._lean.request(
-                        method, path, params, payload, READ_TIMEOUT if read_timeout is None else read_timeout
-                    )
-                    status, content = reply.status, reply.content
-                    headers: Mapping[str, str] = reply.headers
-                    response: httpx.Response | None = None
-                else:
-                    response = await self._httpx_request(method, path, params, body, read_timeout)
-                    status, headers, content = response.status_code, response.headers, response.content
+                response = await self._httpx_request(method, path, params, body, read_timeout)
             except httpx.HTTPError as exc:
                 raise self._transport_error(exc, method, path) from exc
-        self._limiter.observe(headers, grant)
+        self._limiter.observe(response.headers, grant)
+        status = response.status_code
         if not 200 <= status < 300:
-            if response is None:
-                response = httpx.Response(
-                    status, headers=reply.raw_headers, content=content, extensions={"reason_phrase": reply.reason}
-                )
             raise self._http_error(response, method, path)
         try:
-            return parse(json.loads(content) if response is None else response.json())
+            return parse(response.json())
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ServerError(
                 f"malformed reply ({type(exc).__name__})", status=status, method=method, path=path
