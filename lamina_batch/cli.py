@@ -801,6 +801,7 @@ def cmd_apps(args: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_init(args: argparse.Namespace, out: Out) -> int:
+    from lamina_batch.atomic import write_text_atomic
     from lamina_batch.matrix import read_csv_header
     from lamina_batch.scaffold import init_pipeline_yaml
 
@@ -818,9 +819,7 @@ def cmd_init(args: argparse.Namespace, out: Out) -> int:
     if args.csv is not None:
         csv_rel = Path(os.path.relpath(args.csv.resolve(), args.output.resolve().parent))
     text = init_pipeline_yaml(app, csv_path=csv_rel, csv_columns=columns, dialect=args.api)
-    tmp = args.output.with_name(args.output.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(args.output)
+    write_text_atomic(args.output, text)
     out.result(f"wrote {args.output}; check it with: lamina-batch validate {args.output}")
     return EXIT_OK
 

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from .atomic import fsync_dir
 from .errors import DownloadError, UnsafePathError
 from .models import DownloadRecord, RunOutput
 
@@ -216,14 +217,6 @@ def _temp_name(final_name: str) -> str:
     return "." + name + suffix
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _sha256_file(path: Path) -> tuple[int, str]:
     h = hashlib.sha256()
     size = 0
@@ -401,7 +394,7 @@ class Downloader:
     @staticmethod
     def _commit(tmp: Path, dest: Path) -> None:
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
 
     # ------------------------------------------------------------------ text outputs and verification
 

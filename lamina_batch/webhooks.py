@@ -10,8 +10,6 @@ import binascii
 import contextlib
 import json
 import logging
-import os
-import secrets
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -22,6 +20,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from .atomic import write_text_atomic
 from .errors import LaminaBatchError
 from .models import RemoteRun, RunOutput
 
@@ -192,18 +191,10 @@ def _read_cache(path: Path) -> Any:
 
 
 def _write_cache(path: Path, obj: Any) -> None:
-    data = json.dumps(obj, indent=2).encode("utf-8")
-    tmp = path.with_name(f".{path.name}.partial-{secrets.token_hex(4)}")
     try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(obj, indent=2))
     except OSError:
-        # The cache only saves one request next time; failing to write it must not stop the batch.
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+        # the cache only saves one request next time; failing to write it must not stop the batch
         log.warning("could not write the signing-key cache %s", path)
 
 

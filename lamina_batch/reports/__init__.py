@@ -8,8 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from lamina_batch.atomic import atomic_text_writer
 from lamina_batch.errors import ConfigError, Problem
-from lamina_batch.reports.common import ReportInput, atomic_text_writer
+from lamina_batch.reports.common import ReportInput
 from lamina_batch.reports.csv_report import escape_cell, write_csv
 from lamina_batch.reports.html import write_html
 from lamina_batch.reports.jsonl import run_to_json, write_jsonl

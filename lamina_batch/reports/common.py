@@ -5,13 +5,9 @@ Reports are functions over plain data (`ReportInput`), so they never touch the m
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from lamina_batch.models import RunRecord, RunState
 
@@ -48,42 +44,6 @@ class ReportInput:
     step_ids: Sequence[str]
     records: Iterable[RunRecord]
     base_dir: Path
-
-
-@contextlib.contextmanager
-def atomic_text_writer(out: Path, *, newline: str | None = None) -> Iterator[IO[str]]:
-    """Write `out` through a temp file beside it: flushed, fsynced and renamed over `out` only on success.
-
-    On any exception the temp file is removed and `out` is left as it was, so a reader never sees half a report.
-    """
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(out.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename is only durable once the directory entry is; some platforms cannot open directories.
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
 
 
 def iter_items(records: Iterable[RunRecord]) -> Iterator[list[RunRecord]]:

@@ -9,10 +9,10 @@ import csv
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from lamina_batch.atomic import atomic_text_writer
 from lamina_batch.models import RunRecord
 from lamina_batch.reports.common import (
     ReportInput,
-    atomic_text_writer,
     error_text,
     iter_items,
     latest_per_step,

@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import quote
 
+from lamina_batch.atomic import atomic_text_writer
 from lamina_batch.models import DownloadRecord, RunRecord, RunState
 from lamina_batch.reports.common import (
     STATE_LABELS,
     STATE_ORDER,
     ReportInput,
-    atomic_text_writer,
     axes_label,
     error_text,
     is_web_url,

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from lamina_batch.atomic import atomic_text_writer
 from lamina_batch.models import RunRecord
-from lamina_batch.reports.common import ReportInput, atomic_text_writer
+from lamina_batch.reports.common import ReportInput
 
 
 def run_to_json(rec: RunRecord) -> dict[str, Any]:

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from lamina_batch.atomic import atomic_text_writer
 from lamina_batch.models import RunRecord, RunState
-from lamina_batch.reports.common import ReportInput, atomic_text_writer, error_text, item_label
+from lamina_batch.reports.common import ReportInput, error_text, item_label
 
 # XML 1.0 cannot carry most control characters at all, not even escaped; ElementTree would write them anyway.
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")

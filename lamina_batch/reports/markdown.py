@@ -8,12 +8,12 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from lamina_batch.atomic import atomic_text_writer
 from lamina_batch.models import RunRecord, RunState
 from lamina_batch.reports.common import (
     STATE_LABELS,
     STATE_ORDER,
     ReportInput,
-    atomic_text_writer,
     error_text,
     item_label,
 )

@@ -1,0 +1,56 @@
+"""Crash-safe file writes shared by reports, downloads, the webhook key cache and `init`.
+
+A file is written to a temporary name beside its target, flushed and fsynced, renamed over the target, and the
+directory is fsynced, so a reader (or a resume after a crash) sees either the old file or the whole new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in `directory` durable; a no-op where directories cannot be opened."""
+    try:
+        dfd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+@contextlib.contextmanager
+def atomic_text_writer(out: Path, *, newline: str | None = None) -> Iterator[IO[str]]:
+    """Write `out` through a temp file beside it: flushed, fsynced and renamed over `out` only on success.
+
+    On any exception the temp file is removed and `out` is left as it was.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    fsync_dir(out.parent)
+
+
+def write_text_atomic(out: Path, text: str) -> None:
+    """`atomic_text_writer` for a whole string."""
+    with atomic_text_writer(out) as fh:
+        fh.write(text)
