@@ -150,12 +150,17 @@ class ProcResult:
     launched: float = 0.0  # wall-clock time.time() when the process was started
 
 
+def startup_time(res: ProcResult, st: EmuStats) -> float:
+    """Seconds from launching the contender to its first API request (interpreter, imports, local checks)."""
+    if st.first_api_time is not None and res.launched:
+        return min(res.wall, max(0.0, st.first_api_time - res.launched))
+    return 0.0
+
+
 def equivalent_wall(res: ProcResult, st: EmuStats, scale: float) -> float:
     """Measured wall time in real-Lamina seconds: the batch part (from the contender's first API request on) is
     scaled by S; its start-up before that (interpreter, imports, local checks) is a fixed cost and is not."""
-    startup = 0.0
-    if st.first_api_time is not None and res.launched:
-        startup = min(res.wall, max(0.0, st.first_api_time - res.launched))
+    startup = startup_time(res, st)
     return startup + (res.wall - startup) * scale
 
 
@@ -246,7 +251,17 @@ def contender_env(emu: EmulatorProcess) -> dict[str, str]:
     env["LAMINA_BASE_URL"] = emu.base_url
     env["PYTHONPATH"] = str(REPO)
     env.pop("GITHUB_STEP_SUMMARY", None)  # the Markdown report must not land in a CI job summary
+    # Contenders start as installed code does, from .pyc caches (see precompile); a PYTHONDONTWRITEBYTECODE
+    # inherited from the shell (this sandbox exports it) would recompile lamina-batch's modules at every start.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
+
+
+def precompile() -> None:
+    """Byte-compile the package, as `pip install` does, so no contender pays for compiling it at start-up."""
+    import compileall
+
+    compileall.compile_dir(REPO / "lamina_batch", quiet=1)
 
 
 def baseline_argv(

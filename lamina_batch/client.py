@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import random
 import time
@@ -48,6 +47,7 @@ from lamina_batch.models import (
 )
 from lamina_batch.ratelimit import Clock, RateLimiter, Sleep
 from lamina_batch.retry import Retrier, RetryBudget, RetryPolicy, parse_retry_after
+from lamina_batch.transport import default_transport
 
 DEFAULT_BASE_URL = "https://app.uselamina.ai"
 CONNECT_TIMEOUT = 10.0
@@ -55,10 +55,6 @@ READ_TIMEOUT = 30.0
 WAIT_GRACE = 15.0  # /wait holds the reply up to its timeout; allow this much on top before calling it lost
 DEFAULT_429_PAUSE = 1.0
 POOL_TIMEOUT = 60.0  # waiting for a free connection; runs in flight hold theirs during /wait
-# httpcore's pool scans every connection for every queued request (O(connections x requests)). Measured on the
-# 2000-run benchmark (100 in flight, emulator in another process): pools of 16 connections 14.2-14.6 s CPU,
-# pools of 4 10.5-10.9 s, pools of 1 10.5-11.6 s; so small pools, without one AsyncClient per connection.
-CONNECTIONS_PER_POOL = 4
 # Request bodies as httpx would send them (compact UTF-8); one encoder, built once.
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 DEFAULT_RATE = Rate(90, 60)  # under Lamina's 100/min, leaving room for other tools on the same IP
@@ -138,10 +134,11 @@ def _seg(value: str) -> str:
 class LaminaClient:
     """Async client for one Lamina account. Use as `async with LaminaClient(...) as client:`.
 
-    The key lives only inside the httpx clients' `Authorization` header (httpx masks it in reprs); no
-    attribute, repr, log line or exception of ours carries it. Requests go to the least busy of `pools`
-    connection pools (default: one per 4 connections) because one pool's bookkeeping grows with the
-    connections it holds (DESIGN.md §6). `max_connections` should be at least the runs in flight.
+    The key lives only inside the `Authorization` header of an `httpx.Headers` (httpx masks it in reprs); no
+    attribute, repr, log line or exception of ours carries it. Requests are `httpx.Request`s handed straight to
+    the transport (default: transport.H11Transport; tests pass `httpx.MockTransport`): the AsyncClient layers
+    (auth flows, redirects, cookies) are nothing Lamina's API uses and cost CPU per request (DESIGN.md §6).
+    `max_connections` should be at least the runs in flight.
     """
 
     def __init__(
@@ -153,7 +150,6 @@ class LaminaClient:
         transport: httpx.AsyncBaseTransport | None = None,
         *,
         rate_cap: bool = True,
-        pools: int | None = None,
         max_connections: int = 128,
         limiter: RateLimiter | None = None,
         retry_policy: RetryPolicy | None = None,
@@ -177,31 +173,15 @@ class LaminaClient:
         self._budget = budget or RetryBudget(clock=clock)
         self._retrier = Retrier(retry_policy, budget=self._budget, clock=clock, sleep=sleep, rng=rng)
         self._key_text = api_key  # only for scrubbing server-echoed text; never rendered (see __repr__)
-        headers = {
-            "Authorization": f"Bearer {api_key}",
-            "Accept": "application/json",
-            "User-Agent": "lamina-batch/0.1",
-        }
-        self._http: list[httpx.AsyncClient] = []
-        self._inflight: list[int] = []
-        timeout = httpx.Timeout(connect=CONNECT_TIMEOUT, read=READ_TIMEOUT, write=READ_TIMEOUT, pool=POOL_TIMEOUT)
-        if transport is not None:
-            pools = 1  # an injected transport (tests, MockTransport) is one pool whatever we do
-        elif pools is None:
-            pools = max(1, math.ceil(max_connections / CONNECTIONS_PER_POOL))
-        pools = max(1, pools)
-        per_pool = max(1, math.ceil(max_connections / pools))
-        # One TLS context for every pool: building one loads the CA bundle (~70 ms each).
-        tls = httpx.create_ssl_context() if transport is None else None
-        for _ in range(pools):
-            pool_transport = transport or httpx.AsyncHTTPTransport(
-                verify=tls if tls is not None else True,
-                limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
-            )
-            self._http.append(
-                httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=timeout, transport=pool_transport)
-            )
-        self._inflight = [0] * pools
+        self._headers = httpx.Headers(
+            {
+                "Authorization": f"Bearer {api_key}",
+                "Accept": "application/json",
+                "User-Agent": "lamina-batch/0.1",
+            }
+        )
+        self._timeouts = {"connect": CONNECT_TIMEOUT, "read": READ_TIMEOUT, "write": READ_TIMEOUT, "pool": POOL_TIMEOUT}
+        self._transport = transport or default_transport(self.base_url, max_connections)
 
     # ------------------------------------------------------------------ construction / lifecycle
 
@@ -213,7 +193,6 @@ class LaminaClient:
         rate: Rate = DEFAULT_RATE,
         env: Mapping[str, str] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
-        pools: int | None = None,
         max_connections: int = 128,
     ) -> LaminaClient:
         """Build from `LAMINA_API_KEY` (required) and `LAMINA_BASE_URL` (default app.uselamina.ai)."""
@@ -227,7 +206,7 @@ class LaminaClient:
                 )
             )
         base_url = source.get("LAMINA_BASE_URL", "").strip() or DEFAULT_BASE_URL
-        return cls(base_url, key, dialect, rate, transport, pools=pools, max_connections=max_connections)
+        return cls(base_url, key, dialect, rate, transport, max_connections=max_connections)
 
     def __repr__(self) -> str:
         return f"LaminaClient(base_url={self.base_url!r}, dialect={self.dialect!r})"
@@ -239,8 +218,7 @@ class LaminaClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        for http in self._http:
-            await http.aclose()
+        await self._transport.aclose()
 
     @property
     def limiter(self) -> RateLimiter:
@@ -435,17 +413,18 @@ class LaminaClient:
         body: Any,
         read_timeout: float | None,
     ) -> httpx.Response:
-        # The least busy pool, so a pool full of long /wait polls never makes others queue for a connection.
-        index = min(range(len(self._inflight)), key=self._inflight.__getitem__)
-        http = self._http[index]
-        self._inflight[index] += 1
-        try:
-            if read_timeout is None:
-                return await http.request(method, path, params=params, json=body)
-            timeout = httpx.Timeout(connect=CONNECT_TIMEOUT, read=read_timeout, write=READ_TIMEOUT, pool=POOL_TIMEOUT)
-            return await http.request(method, path, params=params, json=body, timeout=timeout)
-        finally:
-            self._inflight[index] -= 1
+        timeouts = self._timeouts if read_timeout is None else {**self._timeouts, "read": read_timeout}
+        request = httpx.Request(
+            method,
+            self.base_url + path,
+            params=params,
+            headers=self._headers,
+            json=body,
+            extensions={"timeout": timeouts},
+        )
+        response = await self._transport.handle_async_request(request)
+        await response.aread()
+        return response
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._key_text, "***") if self._key_text else text

@@ -47,13 +47,13 @@ from .events import (
 from .matrix import expand_runs, render_inputs
 from .models import ItemPlan, PlannedRun, RemoteRun, RunOutput, RunRecord, RunState
 from .templates import render_download_path
-from .webhooks import Delivery, SigningKeys, WebhookReceiver
 
 if TYPE_CHECKING:
     from .client import LaminaClient
     from .downloads import Downloader
     from .manifest import Manifest
     from .models import Pipeline
+    from .webhooks import Delivery, WebhookReceiver
 
 __all__ = [
     "UPSTREAM_FAILED",
@@ -261,6 +261,11 @@ class _Gate:
                     self._waiters.remove(entry)
             raise
 
+    @property
+    def waiting(self) -> bool:
+        """Someone is queued for the gate (the next start of this app will follow at once)."""
+        return any(not fut.done() for fut, _ in self._waiters)
+
     def release(self) -> None:
         while self._waiters:
             fut, _ = self._waiters.popleft()
@@ -327,6 +332,8 @@ class Executor:
         self._fatal: ApiError | None = None
         self._starts = 0
         self._reserved = 0  # starts sent or being sent that may have created a run
+        self._starting: set[asyncio.Task[Any]] = set()  # tasks awaiting a start reply
+        self._grace_cancelled: set[asyncio.Task[Any]] = set()  # ... that a hard stop's grace ran out on
         self._finished = 0
         self._bad = 0
         self._counts: Counter[RunState] = Counter()
@@ -350,7 +357,7 @@ class Executor:
             if self._hard.is_set():
                 return
             self._stop_reason = reason
-            self._hard.set()
+            self._set_hard()
         elif self._stop_reason is not None:
             return
         else:
@@ -497,7 +504,7 @@ class Executor:
             if not task.cancelled() and task.exception() is not None and self._error is None:
                 self._error = task.exception()
                 self.request_stop(StopReason.FATAL)
-                self._hard.set()
+                self._set_hard()
                 self._interrupt_gates()
 
         try:
@@ -722,11 +729,8 @@ class Executor:
         crashpoint("after-intent")
         submitted = parse_timestamp(rec.submitted_at) or self._now()
         self._reserved += 1
-        task = asyncio.ensure_future(
-            self._c.start(run.app_id, inputs, outputs=run.output_labels, webhook=self._o.webhook_url)
-        )
         try:
-            remote = await self._await_start(task)
+            remote = await self._send_start(run, inputs)
         except _Interrupted:
             return _Outcome(None, in_flight=RunState.SUBMITTING)
         except (ConnectError, RateLimitedError) as e:
@@ -762,7 +766,12 @@ class Executor:
             self._judge(RunState.FAILED)
             return _Outcome(RunState.FAILED)
         crashpoint("after-reply")
-        self._m.set_remote_id(run.identity, remote.run_id, remote)
+        # With the next start of this app already waiting, its intent commit carries this id too (one fsync);
+        # the timer flush covers a waiter that gives up instead.
+        queued = self._app_locks[run.app_id].waiting
+        self._m.set_remote_id(run.identity, remote.run_id, remote, defer=queued)
+        if queued:
+            self._schedule_flush()
         self._starts += 1
         self._start_backoff(run.app_id).reset()
         self._emit(
@@ -776,18 +785,36 @@ class Executor:
             backoff = self._start_backoffs[app_id] = _Backoff(rng=self._rng)
         return backoff
 
-    async def _await_start(self, task: asyncio.Future[RemoteRun]) -> RemoteRun:
-        if not self._hard.is_set():
-            both: set[asyncio.Future[Any]] = {task, self._stop_future(self._hard)}
-            await asyncio.wait(both, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            await asyncio.wait({task}, timeout=START_GRACE)
-        if not task.done():
+    async def _send_start(self, run: PlannedRun, inputs: Mapping[str, Any]) -> RemoteRun:
+        """The start request, awaited in this run's own task: starts of one app are serial, so every loop turn
+        spent on a helper task here would be paid by every later start. A hard stop gives it START_GRACE
+        seconds to answer (its reply is still recorded), then cancels it: _Interrupted."""
+        me = asyncio.current_task()
+        assert me is not None
+        self._starting.add(me)
+        try:
+            return await self._c.start(run.app_id, inputs, outputs=run.output_labels, webhook=self._o.webhook_url)
+        except asyncio.CancelledError:
+            if me not in self._grace_cancelled:
+                raise
+            self._grace_cancelled.discard(me)
+            me.uncancel()
+            raise _Interrupted from None
+        finally:
+            self._starting.discard(me)
+
+    def _set_hard(self) -> None:
+        """Abandon waiting; starts in flight get START_GRACE seconds to answer, then are cancelled."""
+        if self._hard.is_set():
+            return
+        self._hard.set()
+        with contextlib.suppress(RuntimeError):  # no running loop: nothing can be in flight
+            asyncio.get_running_loop().call_later(START_GRACE, self._end_grace)
+
+    def _end_grace(self) -> None:
+        for task in list(self._starting):
+            self._grace_cancelled.add(task)
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            raise _Interrupted
-        return task.result()
 
     # ------------------------------------------------------------------ reconciling lost start replies
 
@@ -906,6 +933,8 @@ class Executor:
 
     async def _start_receiver(self, host: str, port: int) -> None:
         cache = self._p.manifest.with_name(self._p.manifest.name + ".webhook-keys.json")
+        from .webhooks import SigningKeys, WebhookReceiver  # webhook mode only: keeps cryptography off start-up
+
         keys = await SigningKeys.load(cache, self._c.signing_keys)
         receiver = WebhookReceiver(host, port, keys, self._on_delivery)
         await receiver.start()
@@ -1076,7 +1105,7 @@ class Executor:
             if self._error is None:
                 self._error = e
                 self.request_stop(StopReason.FATAL)
-                self._hard.set()
+                self._set_hard()
                 self._interrupt_gates()
 
     async def _reuse(self, run: PlannedRun, rec: RunRecord, upstream: Mapping[str, Sequence[RunOutput]]) -> None:

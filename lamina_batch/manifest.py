@@ -459,6 +459,7 @@ class Manifest:
         self._depth = 0  # > 0 inside a transaction of this thread (batch)
         # finish(defer=True) rows not yet written, by identity; they ride along with the next transaction
         self._deferred: dict[str, tuple[Any, ...]] = {}
+        self._pending_ids: dict[str, tuple[str, str, str]] = {}  # identity -> (remote id, detail, at)
 
     # ----------------------------------------------------------------- opening and closing
 
@@ -632,9 +633,10 @@ class Manifest:
                 raise ManifestError(f"{self._path}: cannot read the manifest ({e})") from e
 
     @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, *, finishes: bool = True) -> Iterator[sqlite3.Connection]:
         """One transaction, committed (and fsynced: synchronous=FULL) before the caller's write returns;
-        inside `batch()` it joins the batch's transaction instead."""
+        inside `batch()` it joins the batch's transaction instead. Remote ids set with `defer=True` go first
+        in it; deferred finishes too unless `finishes=False` (an intent commit keeps them off its path)."""
         if not self._writer:
             raise ManifestError(f"{self._path}: opened read-only; only the running batch writes the manifest")
         with self._mutex:
@@ -648,13 +650,17 @@ class Manifest:
             try:
                 c.execute("BEGIN IMMEDIATE")
                 try:
-                    applied = self._apply_deferred(c)
+                    ids = self._apply_pending_ids(c)
+                    applied = self._apply_deferred(c) if finishes else []
                     yield c
                 except BaseException:
                     c.execute("ROLLBACK")
                     raise
                 c.execute("COMMIT")
-                for identity in applied:  # only once committed: a rolled back batch is applied again next time
+                # only once committed: a rolled back transaction is applied again next time
+                for identity in ids:
+                    self._pending_ids.pop(identity, None)
+                for identity in applied:
                     self._deferred.pop(identity, None)
             except sqlite3.Error as e:
                 raise ManifestError(f"{self._path}: cannot write the manifest ({e})") from e
@@ -670,16 +676,27 @@ class Manifest:
             yield
 
     def flush(self) -> None:
-        """Write every deferred `finish` now (one transaction, one fsync); a no-op when none is pending."""
-        if self._deferred:
+        """Write every deferred `finish` and remote id now (one transaction, one fsync); a no-op when none is
+        pending."""
+        if self._deferred or self._pending_ids:
             with self._write():
                 pass
 
     def _flush_for(self, identity: str | None = None) -> None:
-        # Reads see deferred finishes too: one about `identity` (or any, for queries over many runs) is
+        # Reads see deferred writes too: one about `identity` (or any, for queries over many runs) is
         # written first. The executor never reads a run it has just finished, so this stays rare.
-        if self._deferred and self._writer and (identity is None or identity in self._deferred):
+        if not (self._deferred or self._pending_ids) or not self._writer:
+            return
+        if identity is None or identity in self._deferred or identity in self._pending_ids:
             self.flush()
+
+    def _apply_pending_ids(self, c: sqlite3.Connection) -> list[str]:
+        if not self._pending_ids:
+            return []
+        applied = list(self._pending_ids)
+        for identity in applied:
+            self._remote_id_row(c, identity, *self._pending_ids[identity])
+        return applied
 
     def _apply_deferred(self, c: sqlite3.Connection) -> list[str]:
         if not self._deferred:
@@ -756,7 +773,9 @@ class Manifest:
         start request goes out. Refuses a run that is running or completed: that would pay twice."""
         now = self._clock()
         plan = _plan_values(run)
-        with self._write() as c:
+        # Deferred finishes of other runs stay off the intent's commit (it is on the one-start-per-app path);
+        # this run's own deferred finish must land first, or it would still read as running.
+        with self._write(finishes=run.identity in self._deferred) as c:
             row = c.execute(
                 "SELECT state, remote_id, attempts FROM runs WHERE identity = ?", (run.identity,)
             ).fetchone()
@@ -795,22 +814,41 @@ class Manifest:
         assert record is not None
         return record
 
-    def set_remote_id(self, identity: str, remote_id: str, remote: RemoteRun | None = None) -> None:
-        """The start reply arrived: remember the remote id (-> running), committed at once."""
+    def set_remote_id(
+        self, identity: str, remote_id: str, remote: RemoteRun | None = None, *, defer: bool = False
+    ) -> None:
+        """The start reply arrived: remember the remote id (-> running), committed at once.
+
+        `defer=True`: committed by the next write transaction instead (or `flush()`), which the executor uses
+        when the next start of the same app is about to commit its intent: one fsync for both, and that
+        start cannot be sent before this id is durable. A crash in between leaves this run `submitting`,
+        which resume reconciles like any start whose reply was lost."""
         now = self._clock()
-        with self._write() as c:
-            old = self._state_of(c, identity)
-            c.execute(
-                "UPDATE runs SET remote_id = ?, state = ?, updated_at = ? WHERE identity = ?",
-                (remote_id, RunState.RUNNING.value, now, identity),
-            )
-            c.execute(
-                "INSERT OR IGNORE INTO remote_ids (remote_id, identity, app_id, at) "
-                "SELECT ?, identity, app_id, ? FROM runs WHERE identity = ?",
-                (remote_id, now, identity),
-            )
-            detail = f"remote {remote_id}" + (f" {remote.status}" if remote is not None else "")
-            self._transition(c, identity, old, RunState.RUNNING, now, detail)
+        detail = f"remote {remote_id}" + (f" {remote.status}" if remote is not None else "")
+        if defer:
+            if not self._writer:
+                raise ManifestError(f"{self._path}: opened read-only; only the running batch writes the manifest")
+            with self._mutex:
+                if self._closed:
+                    raise ManifestError(f"{self._path}: manifest already closed")
+                self._pending_ids[identity] = (remote_id, detail, now)
+            return
+        with self._write(finishes=False) as c:
+            self._pending_ids.pop(identity, None)
+            self._remote_id_row(c, identity, remote_id, detail, now)
+
+    def _remote_id_row(self, c: sqlite3.Connection, identity: str, remote_id: str, detail: str, now: str) -> None:
+        old = self._state_of(c, identity)
+        c.execute(
+            "UPDATE runs SET remote_id = ?, state = ?, updated_at = ? WHERE identity = ?",
+            (remote_id, RunState.RUNNING.value, now, identity),
+        )
+        c.execute(
+            "INSERT OR IGNORE INTO remote_ids (remote_id, identity, app_id, at) "
+            "SELECT ?, identity, app_id, ? FROM runs WHERE identity = ?",
+            (remote_id, now, identity),
+        )
+        self._transition(c, identity, old, RunState.RUNNING, now, detail)
 
     def finish(
         self,

@@ -762,3 +762,57 @@ def test_deferred_finish_survives_a_rolled_back_transaction(writer: Manifest, mp
     assert _reader_state(mpath, a.identity) == "running"
     writer.flush()
     assert _reader_state(mpath, a.identity) == "completed"
+
+
+def _state_on_disk(mpath: Path, identity: str) -> tuple[str, str | None]:
+    raw = sqlite3.connect(mpath)
+    try:
+        row = raw.execute("SELECT state, remote_id FROM runs WHERE identity = ?", (identity,)).fetchone()
+    finally:
+        raw.close()
+    return row[0], row[1]
+
+
+def test_deferred_remote_id_is_committed_with_the_next_intent(writer: Manifest, mpath: Path) -> None:
+    """A remote id set with defer=True is not on disk until the next write, and the next intent carries it."""
+    first, second = make_run(1), make_run(2)
+    writer.begin_attempt(first, {"Prompt": "one"})
+    writer.set_remote_id(first.identity, "r1", defer=True)
+    assert _state_on_disk(mpath, first.identity) == ("submitting", None)
+    writer.begin_attempt(second, {"Prompt": "two"})
+    assert _state_on_disk(mpath, first.identity) == ("running", "r1")
+    assert _state_on_disk(mpath, second.identity) == ("submitting", None)
+    states = [t.to_state for t in writer.transitions(first.identity)]
+    assert states == [RunState.SUBMITTING, RunState.RUNNING]
+
+
+def test_deferred_remote_id_is_seen_by_reads_flush_and_close(writer: Manifest, mpath: Path) -> None:
+    """Reads of a run with a deferred id flush it first; flush() and close() write whatever is pending."""
+    a, b = make_run(1), make_run(2)
+    writer.begin_attempt(a, {"Prompt": "a"})
+    writer.begin_attempt(b, {"Prompt": "b"})
+    writer.set_remote_id(a.identity, "ra", defer=True)
+    got = writer.get(a.identity)
+    assert got is not None
+    assert (got.state, got.remote_id) == (RunState.RUNNING, "ra")
+    writer.set_remote_id(b.identity, "rb", defer=True)
+    writer.flush()
+    assert _state_on_disk(mpath, b.identity) == ("running", "rb")
+    c = make_run(3)
+    writer.begin_attempt(c, {"Prompt": "c"})
+    writer.set_remote_id(c.identity, "rc", defer=True)
+    writer.close()
+    assert _state_on_disk(mpath, c.identity) == ("running", "rc")
+
+
+def test_intent_commit_leaves_other_deferred_finishes_pending(writer: Manifest, mpath: Path) -> None:
+    """An intent does not carry other runs' deferred finishes (they wait for the flush), but its own goes first."""
+    done, fresh = make_run(1), make_run(2)
+    writer.begin_attempt(done, {"Prompt": "done"})
+    writer.set_remote_id(done.identity, "r1")
+    writer.finish(done.identity, RunState.FAILED, error="boom", defer=True, app_id=done.app_id)
+    writer.begin_attempt(fresh, {"Prompt": "fresh"})
+    assert _state_on_disk(mpath, done.identity) == ("running", "r1")
+    writer.begin_attempt(done, {"Prompt": "done"})  # a retry of the failed run: its finish lands first
+    assert _state_on_disk(mpath, done.identity) == ("submitting", None)
+    assert [t.to_state for t in writer.transitions(done.identity)][-2:] == [RunState.FAILED, RunState.SUBMITTING]

@@ -1,0 +1,318 @@
+"""H11Transport: the httpx transport LaminaClient sends its API requests over: asyncio connections kept alive
+in a small pool, with h11 (httpx's own HTTP/1.1 engine) doing the protocol. Also `default_transport()`,
+which picks it, or httpx's transport when a proxy is configured.
+
+Why not httpx's transport: at 100 runs in flight its connection pool and the AsyncClient layers cost ~4.3 ms
+CPU a run (start + /wait) against ~1.4 ms here, and CPU is what bounds the executor (DESIGN.md §6; measured on
+the emulator, README "Performance"). What it leaves out, on purpose: proxies (`default_transport` hands those
+to httpx), HTTP/2, streaming bodies (API replies are small JSON; downloads use httpx). Errors come out as
+httpx's exceptions, so the client's mapping does not depend on the transport:
+
+    connection refused / DNS / TLS failure -> httpx.ConnectError     (nothing was sent)
+    connect timeout                        -> httpx.ConnectTimeout   (nothing was sent)
+    no reply byte within the read timeout  -> httpx.ReadTimeout      (sent; outcome unknown)
+    connection lost or malformed reply     -> httpx.RemoteProtocolError / httpx.ReadError (sent; unknown)
+    no free connection within pool timeout -> httpx.PoolTimeout      (nothing was sent)
+
+Nothing is ever resent here: whether a request may be retried is the client's decision alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+import urllib.request
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]  # missing from typeshed
+
+import h11
+import httpx
+
+_Key = tuple[str, str, int]
+
+
+class _Connection(asyncio.Protocol):
+    """One socket and its h11 state machine; the reader side wakes whoever waits for bytes."""
+
+    def __init__(self) -> None:
+        self.h11 = h11.Connection(h11.CLIENT)
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self.idle_since = 0.0
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._feed(data)
+
+    def eof_received(self) -> bool:
+        self._feed(b"")
+        return False  # close our side too
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self.h11.receive_data(data)
+        except RuntimeError as exc:  # bytes after the end of the connection: nothing sane to do with them
+            self._error = exc
+            self.close()
+        self._wake()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self._error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def next_event(self, read_timeout: float | None) -> Any:
+        """The next h11 event of the reply, waiting (at most `read_timeout` between bytes) for more data."""
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            if self.lost:
+                raise ConnectionResetError(f"connection closed by the server ({self._error or 'no reason'})")
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = None if read_timeout is None else loop.call_later(read_timeout, _expire, waiter)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+
+    def reusable(self, now: float, expiry: float) -> bool:
+        return (
+            not self.lost
+            and self.transport is not None
+            and not self.transport.is_closing()
+            and self.h11.our_state is h11.IDLE
+            and self.h11.their_state is h11.IDLE
+            and now - self.idle_since < expiry
+        )
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self.lost = True
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+class H11Transport(httpx.AsyncBaseTransport):
+    """Keeps up to `max_connections` connections per host; an idle one older than `keepalive_expiry` seconds is
+    closed rather than reused (servers drop idle connections, and a request on a dropped one is lost).
+
+    `verify`: True uses httpx's certificate bundle (the same trust as httpx's transport), an `ssl.SSLContext`
+    is used as given, False turns certificate checks off (never the default).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = 128,
+        verify: ssl.SSLContext | bool = True,
+        keepalive_expiry: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._max = max(1, max_connections)
+        self._verify = verify
+        self._expiry = keepalive_expiry
+        self._clock = clock
+        self._ssl: ssl.SSLContext | None = None
+        self._idle: dict[_Key, list[_Connection]] = {}
+        self._open: dict[_Key, int] = {}
+        self._queue: dict[_Key, deque[asyncio.Future[None]]] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"H11Transport(max_connections={self._max})"
+
+    # ------------------------------------------------------------------ the request
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._closed:
+            raise RuntimeError("H11Transport is closed")
+        url = request.url
+        if url.scheme not in ("http", "https"):
+            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}", request=request)
+        key: _Key = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        limits: dict[str, float | None] = request.extensions.get("timeout", {})
+        body = await request.aread()
+        conn = await self._acquire(key, request, limits)
+        try:
+            response = await self._exchange(conn, request, body, limits.get("read"))
+        except BaseException:
+            conn.close()  # half a request/reply on it: never reusable
+            self._release(key, conn)
+            raise
+        self._release(key, conn)
+        return response
+
+    async def _exchange(
+        self, conn: _Connection, request: httpx.Request, body: bytes, read_timeout: float | None
+    ) -> httpx.Response:
+        url = request.url
+        headers = [(b"Host", url.netloc)]
+        headers += [(k, v) for k, v in request.headers.raw if k.lower() not in (b"host", b"transfer-encoding")]
+        if body and not any(k.lower() == b"content-length" for k, _ in headers):
+            headers.append((b"Content-Length", str(len(body)).encode()))
+        try:
+            data = conn.h11.send(h11.Request(method=request.method, target=url.raw_path, headers=headers))
+            if body:
+                data = (data or b"") + (conn.h11.send(h11.Data(data=body)) or b"")
+            data = (data or b"") + (conn.h11.send(h11.EndOfMessage()) or b"")
+        except h11.LocalProtocolError as exc:
+            raise httpx.LocalProtocolError(str(exc), request=request) from exc
+        if conn.transport is None or conn.lost:
+            raise httpx.ReadError("connection closed before the request was written", request=request)
+        conn.transport.write(data)
+        status = 0
+        reply_headers: list[tuple[bytes, bytes]] = []
+        chunks: list[bytes] = []
+        try:
+            while True:
+                event = await conn.next_event(read_timeout)
+                if isinstance(event, h11.Response):
+                    status, reply_headers = event.status_code, list(event.headers)
+                elif isinstance(event, h11.InformationalResponse):
+                    continue
+                elif isinstance(event, h11.Data):
+                    chunks.append(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise ConnectionResetError("connection closed before the reply was complete")
+        except TimeoutError as exc:
+            raise httpx.ReadTimeout(f"no reply within {read_timeout} s", request=request) from exc
+        except h11.RemoteProtocolError as exc:
+            raise httpx.RemoteProtocolError(f"malformed reply: {exc}", request=request) from exc
+        except OSError as exc:
+            raise httpx.ReadError(f"{type(exc).__name__}: {exc}", request=request) from exc
+        if conn.h11.our_state is h11.DONE and conn.h11.their_state is h11.DONE:
+            conn.h11.start_next_cycle()
+            conn.idle_since = self._clock()
+        else:
+            conn.close()  # `Connection: close`, HTTP/1.0, or a reply that ends with the connection
+        return httpx.Response(
+            status,
+            headers=reply_headers,
+            content=b"".join(chunks),
+            request=request,
+            extensions={"http_version": b"HTTP/1.1"},
+        )
+
+    # ------------------------------------------------------------------ the pool
+
+    async def _acquire(self, key: _Key, request: httpx.Request, limits: dict[str, float | None]) -> _Connection:
+        deadline_pool = limits.get("pool")
+        while True:
+            idle = self._idle.get(key)
+            now = self._clock()
+            while idle:
+                conn = idle.pop()
+                if conn.reusable(now, self._expiry):
+                    return conn
+                conn.close()
+                self._open[key] -= 1
+            if self._open.get(key, 0) < self._max:
+                self._open[key] = self._open.get(key, 0) + 1
+                try:
+                    return await self._connect(key, request, limits.get("connect"))
+                except BaseException:
+                    self._open[key] -= 1
+                    self._wake_one(key)
+                    raise
+            waiter = asyncio.get_running_loop().create_future()
+            queue = self._queue.setdefault(key, deque())
+            queue.append(waiter)
+            try:
+                async with asyncio.timeout(deadline_pool):
+                    await waiter
+            except TimeoutError as exc:
+                raise httpx.PoolTimeout("no free connection in time", request=request) from exc
+            finally:
+                if not waiter.done():
+                    waiter.cancel()
+                if waiter in queue:
+                    queue.remove(waiter)
+
+    async def _connect(self, key: _Key, request: httpx.Request, limit: float | None) -> _Connection:
+        scheme, host, port = key
+        tls = self._tls() if scheme == "https" else None
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(limit):
+                _, conn = await loop.create_connection(
+                    _Connection, host, port, ssl=tls, server_hostname=host if tls is not None else None
+                )
+        except TimeoutError as exc:
+            raise httpx.ConnectTimeout(f"could not connect to {host}:{port} within {limit} s", request=request) from exc
+        except (OSError, ssl.SSLError) as exc:
+            raise httpx.ConnectError(f"{type(exc).__name__}: {exc}", request=request) from exc
+        return conn
+
+    def _release(self, key: _Key, conn: _Connection) -> None:
+        if conn.lost or self._closed:
+            conn.close()
+            self._open[key] -= 1
+        else:
+            self._idle.setdefault(key, []).append(conn)
+        self._wake_one(key)
+
+    def _wake_one(self, key: _Key) -> None:
+        queue = self._queue.get(key)
+        while queue:
+            waiter = queue.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _tls(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            # built on first https use only: loading a CA bundle costs tens of milliseconds
+            if isinstance(self._verify, ssl.SSLContext):
+                self._ssl = self._verify
+            else:
+                self._ssl = httpx.create_ssl_context(verify=self._verify)
+        return self._ssl
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
+        self._open.clear()
+
+
+def env_proxy(url: str) -> str | None:
+    """The proxy that HTTP(S)_PROXY / ALL_PROXY / NO_PROXY (as httpx reads them) select for `url`, if any."""
+    target = httpx.URL(url)
+    proxies = urllib.request.getproxies_environment()
+    if not proxies or proxy_bypass_environment(target.host, proxies):
+        return None
+    return proxies.get(target.scheme) or proxies.get("all")
+
+
+def default_transport(base_url: str, max_connections: int) -> httpx.AsyncBaseTransport:
+    """H11Transport, or httpx's own transport when the environment routes `base_url` through a proxy."""
+    proxy = env_proxy(base_url)
+    if proxy is not None:
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        return httpx.AsyncHTTPTransport(proxy=proxy, limits=limits)
+    return H11Transport(max_connections=max_connections)
