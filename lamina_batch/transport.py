@@ -25,7 +25,7 @@ import time
 import urllib.request
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]  # missing from typeshed
 
 import h11
@@ -46,8 +46,8 @@ class _Connection(asyncio.Protocol):
         self._error: BaseException | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream transport whatever the loop (uvloop's do not subclass asyncio.Transport)
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self._feed(data)
