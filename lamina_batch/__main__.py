@@ -2,6 +2,6 @@
 
 import sys
 
-from lamina_batch.cli import main
+from lamina_batch.cli import console
 
-sys.exit(main())
+sys.exit(console())

@@ -134,6 +134,8 @@ class ExecOptions:
     listen: tuple[str, int] | None = None
     # seconds to wait for a run's webhook before polling it; None = max(60 s, 2 x the app's median duration)
     webhook_grace: float | None = None
+    # after a SIGINT/SIGTERM, seconds a start already sent gets to answer (its id recorded) before it is dropped
+    start_grace: float = START_GRACE
 
 
 @dataclass(frozen=True)
@@ -787,7 +789,7 @@ class Executor:
 
     async def _send_start(self, run: PlannedRun, inputs: Mapping[str, Any]) -> RemoteRun:
         """The start request, awaited in this run's own task: starts of one app are serial, so every loop turn
-        spent on a helper task here would be paid by every later start. A hard stop gives it START_GRACE
+        spent on a helper task here would be paid by every later start. A hard stop gives it `start_grace`
         seconds to answer (its reply is still recorded), then cancels it: _Interrupted."""
         me = asyncio.current_task()
         assert me is not None
@@ -804,12 +806,12 @@ class Executor:
             self._starting.discard(me)
 
     def _set_hard(self) -> None:
-        """Abandon waiting; starts in flight get START_GRACE seconds to answer, then are cancelled."""
+        """Abandon waiting; starts in flight get `start_grace` seconds to answer, then are cancelled."""
         if self._hard.is_set():
             return
         self._hard.set()
         with contextlib.suppress(RuntimeError):  # no running loop: nothing can be in flight
-            asyncio.get_running_loop().call_later(START_GRACE, self._end_grace)
+            asyncio.get_running_loop().call_later(self._o.start_grace, self._end_grace)
 
     def _end_grace(self) -> None:
         for task in list(self._starting):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lamina_batch.cli import main
+from lamina_batch.cli import console, main
 from lamina_batch.emulator import Emulator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,3 +195,17 @@ def test_emulator_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtu
     cfg.write_text("rate_limit: lots\n", encoding="utf-8")
     assert main(["emulator", "--config", str(cfg)]) == 2
     assert "emu.yaml" in capsys.readouterr().err
+
+
+def test_console_entry_runs_main_on_sys_argv(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The `lamina-batch` entry point runs main() on sys.argv and returns its exit code."""
+    import gc
+
+    monkeypatch.setattr(sys, "argv", ["lamina-batch", "--version"])
+    try:
+        assert console() == 0
+    finally:
+        gc.unfreeze()  # console() freezes the collector for a process about to exit; this one goes on
+    assert "lamina-batch" in capsys.readouterr().out

@@ -74,7 +74,7 @@ class FakeRun:
 class FakeClient:
     """Implements the LaminaClient methods the executor uses. Scripted start actions:
     ok | connect (nothing sent) | lost (run created, reply lost) | lost-none (nothing created, reply lost)
-    | auth | invalid."""
+    | auth | invalid | hang (run created, the reply never comes) | late (run created, reply after 50 ms)."""
 
     def __init__(self, clock: FakeClock, *, dialect: str = "runs") -> None:
         self.clock = clock
@@ -151,6 +151,10 @@ class FakeClient:
         if action == "lost-none":
             raise UnknownOutcomeError("reply lost")
         run = self._create(app_id, inputs)
+        if action == "hang":
+            await asyncio.Event().wait()
+        if action == "late":
+            await asyncio.sleep(0.05)
         if action == "lost":
             raise UnknownOutcomeError("reply lost")
         return RemoteRun(run.run_id, "queued")
@@ -606,6 +610,46 @@ def test_sigint_returns_promptly_and_leaves_runs_running(tmp_path: Path, manifes
     assert states(manifest) == {RunState.RUNNING: 3}
     assert all(r.remote_id for r in manifest.iter_runs())
     assert len(client.runs) == 3
+
+
+def _stop_during_start(tmp_path: Path, manifest: Manifest, clock: FakeClock, action: str) -> RunResult:
+    client = FakeClient(clock)
+    client.start_script = [action]
+    client.hang = True
+    pipeline = with_run(write_pipeline(tmp_path, rows(3)), concurrency=3)
+    options = ExecOptions(start_grace=0.2)
+    executor = Executor(pipeline, manifest, client, options, clock=clock.now, wall_clock=clock.now, sleep=clock.sleep)  # type: ignore[arg-type]
+
+    async def go() -> RunResult:
+        task = asyncio.create_task(executor.run())
+        for _ in range(1000):
+            if client.runs:
+                break
+            await asyncio.sleep(0)
+        executor.request_stop(StopReason.SIGINT)
+        return await asyncio.wait_for(task, 5)
+
+    return asyncio.run(go())
+
+
+def test_start_unanswered_after_a_signal_is_left_submitting(
+    tmp_path: Path, manifest: Manifest, clock: FakeClock
+) -> None:
+    """A start still unanswered when the grace after SIGINT ends is dropped: `submitting`, for resume to reconcile."""
+    result = _stop_during_start(tmp_path, manifest, clock, "hang")
+    assert result.stop_reason is StopReason.SIGINT
+    assert states(manifest) == {RunState.SUBMITTING: 1}
+    assert result.starts == 0
+
+
+def test_start_answered_within_the_grace_after_a_signal_is_recorded(
+    tmp_path: Path, manifest: Manifest, clock: FakeClock
+) -> None:
+    """A start whose reply arrives within the grace after SIGINT gets its remote id recorded (`running`)."""
+    result = _stop_during_start(tmp_path, manifest, clock, "late")
+    assert result.stop_reason is StopReason.SIGINT
+    assert states(manifest) == {RunState.RUNNING: 1}
+    assert all(r.remote_id for r in manifest.iter_runs())
 
 
 # --------------------------------------------------------------------------- polling (executions API)
