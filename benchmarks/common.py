@@ -398,7 +398,7 @@ def readme_section(meta: dict[str, Any], rows: Sequence[Row]) -> str:
         "one run: `benchmarks/baselines/guide_script.py` (the Lamina guide's example: start, then poll every "
         "5 s, one CSV row after another) and `benchmarks/baselines/async_script.py` (asyncio, a semaphore of C, "
         "5 s polling); both sleep `Retry-After` on a 429. Both are baselines written for this comparison. "
-        "Reproduce with `make bench` (about 15-20 minutes); CI runs `make bench-smoke` (seconds, no thresholds). "
+        "Reproduce with `make bench` (about 12 minutes); CI runs `make bench-smoke` (seconds, no thresholds). "
         "Raw figures: `benchmarks/results/latest.json`.\n\n" + markdown(meta, rows)
     )
 
