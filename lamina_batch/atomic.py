@@ -14,6 +14,16 @@ from pathlib import Path
 from typing import IO
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# Read once, at import (single-threaded): changing the umask later, even for an instant, could race a thread.
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def fsync_dir(directory: Path) -> None:
     """Make a rename in `directory` durable; a no-op where directories cannot be opened."""
     try:
@@ -38,6 +48,9 @@ def atomic_text_writer(out: Path, *, newline: str | None = None) -> Iterator[IO[
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
     tmp = Path(tmp_name)
     try:
+        # mkstemp makes the file private (0600); the result should have the mode a plain open() would give
+        # (a report or a scaffolded pipeline is read by other tools, a web server, the CI artifact uploader).
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as fh:
             yield fh
             fh.flush()

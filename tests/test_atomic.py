@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -32,3 +34,12 @@ def test_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
         write_half()
     assert target.read_text(encoding="utf-8") == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["report.txt"]
+
+
+def test_written_file_gets_the_mode_a_plain_open_would(tmp_path: Path) -> None:
+    """The result is readable as umask allows (0644 under umask 022), not private like mkstemp's temp file."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    out = tmp_path / "report.html"
+    write_text_atomic(out, "<html></html>")
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~mask
