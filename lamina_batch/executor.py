@@ -769,8 +769,9 @@ class Executor:
             return _Outcome(RunState.FAILED)
         crashpoint("after-reply")
         # With the next start of this app already waiting, its intent commit carries this id too (one fsync);
-        # the timer flush covers a waiter that gives up instead.
-        queued = self._app_locks[run.app_id].waiting
+        # the timer flush covers a waiter that gives up instead. Only where a crash in between can be reconciled
+        # from the runs list: on the executions API a lost id would make the run `unknown`.
+        queued = self._c.supports_list and self._app_locks[run.app_id].waiting
         self._m.set_remote_id(run.identity, remote.run_id, remote, defer=queued)
         if queued:
             self._schedule_flush()
