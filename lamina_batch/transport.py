@@ -20,6 +20,7 @@ Nothing is ever resent here: whether a request may be retried is the client's de
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 import urllib.request
@@ -229,13 +230,13 @@ class H11Transport(httpx.AsyncBaseTransport):
                 if conn.reusable(now, self._expiry):
                     return conn
                 conn.close()
-                self._open[key] -= 1
+                self._forget(key)
             if self._open.get(key, 0) < self._max:
                 self._open[key] = self._open.get(key, 0) + 1
                 try:
                     return await self._connect(key, request, limits.get("connect"))
                 except BaseException:
-                    self._open[key] -= 1
+                    self._forget(key)
                     self._wake_one(key)
                     raise
             waiter = asyncio.get_running_loop().create_future()
@@ -244,13 +245,16 @@ class H11Transport(httpx.AsyncBaseTransport):
             try:
                 async with asyncio.timeout(deadline_pool):
                     await waiter
-            except TimeoutError as exc:
-                raise httpx.PoolTimeout("no free connection in time", request=request) from exc
-            finally:
-                if not waiter.done():
+            except BaseException as exc:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one(key)  # woken for a free connection just as we gave up: pass the turn on
+                else:
                     waiter.cancel()
-                if waiter in queue:
-                    queue.remove(waiter)
+                    with contextlib.suppress(ValueError):
+                        queue.remove(waiter)
+                if isinstance(exc, TimeoutError):
+                    raise httpx.PoolTimeout("no free connection in time", request=request) from exc
+                raise
 
     async def _connect(self, key: _Key, request: httpx.Request, limit: float | None) -> _Connection:
         scheme, host, port = key
@@ -267,10 +271,14 @@ class H11Transport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(f"{type(exc).__name__}: {exc}", request=request) from exc
         return conn
 
+    def _forget(self, key: _Key) -> None:
+        # never below zero: aclose() may have cleared the counts while a request was still in flight
+        self._open[key] = max(0, self._open.get(key, 0) - 1)
+
     def _release(self, key: _Key, conn: _Connection) -> None:
         if conn.lost or self._closed:
             conn.close()
-            self._open[key] -= 1
+            self._forget(key)
         else:
             self._idle.setdefault(key, []).append(conn)
         self._wake_one(key)

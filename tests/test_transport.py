@@ -391,3 +391,30 @@ def test_a_configured_proxy_selects_httpx_transport(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("NO_PROXY", "app.uselamina.ai")
     assert env_proxy("https://app.uselamina.ai") is None
     assert isinstance(default_transport("https://app.uselamina.ai", 8), H11Transport)
+
+
+def test_closing_with_a_request_in_flight_lets_it_finish_and_closes_its_connection() -> None:
+    """aclose() while a request is in flight: that request still completes, then its connection is closed."""
+    arrived = asyncio.Event()
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> None:
+        arrived.set()
+        await asyncio.sleep(0.05)
+        await reply()(reader, writer, request)
+
+    async def go() -> None:
+        async with Server(slow) as server:
+            transport = H11Transport()
+            pending = asyncio.ensure_future(transport.handle_async_request(request(server.url + "/")))
+            await arrived.wait()
+            await transport.aclose()
+            assert (await pending).status_code == 200
+            with pytest.raises(RuntimeError, match="closed"):
+                await transport.handle_async_request(request(server.url + "/"))
+            for _ in range(100):  # the server sees the connection end
+                if server.open == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert server.open == 0
+
+    run(go())
