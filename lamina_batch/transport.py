@@ -32,7 +32,10 @@ from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined
 import h11
 import httpx
 
+from lamina_batch.errors import ConfigError, Problem
+
 _Key = tuple[str, str, int]
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 class _Connection(asyncio.Protocol):
@@ -310,8 +313,11 @@ class H11Transport(httpx.AsyncBaseTransport):
 
 
 def env_proxy(url: str) -> str | None:
-    """The proxy that HTTP(S)_PROXY / ALL_PROXY / NO_PROXY (as httpx reads them) select for `url`, if any."""
+    """The proxy that HTTP(S)_PROXY / ALL_PROXY / NO_PROXY (as httpx reads them) select for `url`, if any.
+    Loopback hosts never go through a proxy: that is the emulator (`run --emulator`) or a tunnel of the user's."""
     target = httpx.URL(url)
+    if target.host in _LOOPBACK:
+        return None
     proxies = urllib.request.getproxies_environment()
     if not proxies or proxy_bypass_environment(target.host, proxies):
         return None
@@ -319,9 +325,20 @@ def env_proxy(url: str) -> str | None:
 
 
 def default_transport(base_url: str, max_connections: int) -> httpx.AsyncBaseTransport:
-    """H11Transport, or httpx's own transport when the environment routes `base_url` through a proxy."""
+    """H11Transport, or httpx's own transport when the environment routes `base_url` through a proxy.
+    A proxy httpx cannot use is a ConfigError naming the variables (never the URL: it may carry a password)."""
     proxy = env_proxy(base_url)
-    if proxy is not None:
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    if proxy is None:
+        return H11Transport(max_connections=max_connections)
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+    try:
         return httpx.AsyncHTTPTransport(proxy=proxy, limits=limits)
-    return H11Transport(max_connections=max_connections)
+    except (ValueError, TypeError, ImportError) as exc:
+        reason = "SOCKS proxies need httpx[socks]" if isinstance(exc, ImportError) else "not a proxy URL httpx accepts"
+        raise ConfigError(
+            Problem(
+                f"the proxy set for {httpx.URL(base_url).host} in HTTPS_PROXY/HTTP_PROXY/ALL_PROXY cannot be used "
+                f"({reason})",
+                hint="use an http:// or https:// proxy URL, or list the host in NO_PROXY",
+            )
+        ) from None

@@ -209,3 +209,18 @@ def test_console_entry_runs_main_on_sys_argv(
     finally:
         gc.unfreeze()  # console() freezes the collector for a process about to exit; this one goes on
     assert "lamina-batch" in capsys.readouterr().out
+
+
+def test_unusable_proxy_exits_2_with_one_line(
+    api_env: Emulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A proxy in the environment that cannot be used: exit 2, one line naming the variables, no traceback."""
+    for name in ("HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "https_proxy", "no_proxy", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", "not a url")
+    monkeypatch.setenv("LAMINA_BASE_URL", "http://lamina.test")  # not loopback: loopback is never proxied
+    assert main(["apps", "list"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "HTTP_PROXY" in err[0]
+    assert "Traceback" not in err[0]

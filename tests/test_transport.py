@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from lamina_batch.errors import ConfigError
 from lamina_batch.transport import H11Transport, default_transport, env_proxy
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes], Awaitable[None]]
@@ -391,6 +392,9 @@ def test_a_configured_proxy_selects_httpx_transport(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("NO_PROXY", "app.uselamina.ai")
     assert env_proxy("https://app.uselamina.ai") is None
     assert isinstance(default_transport("https://app.uselamina.ai", 8), H11Transport)
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.internal:3128")
+    assert env_proxy("http://127.0.0.1:8900") is None  # the emulator is never proxied
+    assert env_proxy("http://localhost:8900") is None
 
 
 def test_closing_with_a_request_in_flight_lets_it_finish_and_closes_its_connection() -> None:
@@ -418,3 +422,15 @@ def test_closing_with_a_request_in_flight_lets_it_finish_and_closes_its_connecti
             assert server.open == 0
 
     run(go())
+
+
+def test_an_unusable_proxy_is_a_config_error_that_hides_the_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unusable proxy URL is a ConfigError naming the variables, never echoing the URL (it may hold a password)."""
+    for name in ("HTTP_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "not a url with s3cret")
+    with pytest.raises(ConfigError) as info:
+        default_transport("https://app.uselamina.ai", 8)
+    text = str(info.value)
+    assert "HTTPS_PROXY" in text
+    assert "s3cret" not in text
