@@ -64,6 +64,7 @@ class Params:
     dur_overhead: float = 0.5  # not scaled
     conc_overhead: int = 100
     poll_overhead: float = 5.0  # the baselines' poll interval in workload 2 (not scaled)
+    repeats_overhead: int = 3  # lamina-batch's workload 2 runs this often; the table shows the median run
     conc_resume: int = 8
     n_memory: tuple[int, int] = (1000, 20000)
     dur_memory: float = 0.05  # not scaled
@@ -85,6 +86,7 @@ SMOKE = Params(
     dur_overhead=0.1,
     conc_overhead=10,
     poll_overhead=0.1,
+    repeats_overhead=1,
     conc_resume=4,
     n_memory=(20, 60),
     dur_memory=0.01,
@@ -275,7 +277,15 @@ class Bench:
         )
         run = partial(self.case, name, n=n, conc=c, settings=settings, scale=1.0, ideal=ideal)
         run(ASYNC, baseline_poll=p.poll_overhead)
-        run(LAMINA, rate=NO_LIMIT, lamina_poll=p.poll_lamina)
+        # ~1 s of a 10 s ideal is what is judged here, and this shared 2-core machine moves single runs by a
+        # few tenths of a second: run it more than once and show the median run (every run's wall in `extra`).
+        tries = [run(LAMINA, rate=NO_LIMIT, lamina_poll=p.poll_lamina) for _ in range(max(1, p.repeats_overhead))]
+        if len(tries) > 1:
+            for row in tries:
+                self.rows.remove(row)
+            median = sorted(tries, key=lambda r: math.inf if r.wall is None else r.wall)[len(tries) // 2]
+            median.extra["walls"] = [r.wall for r in tries]
+            self.rows.append(median)
 
     def webhook(self) -> None:
         p = self.p
@@ -408,8 +418,10 @@ def checks(rows: Sequence[Row], p: Params) -> list[str]:
     w2 = lam("2 ")
     if w2 and w2[0].wall is not None:
         ideal = w2[0].ideal_equiv
+        walls = w2[0].extra.get("walls") or []
+        of = f" (the median of {len(walls)} runs: {', '.join(f'{w:.2f}' for w in walls)} s)" if len(walls) > 1 else ""
         out.append(f"wall time N={p.n_overhead}, C={p.conc_overhead}, {p.dur_overhead:g} s runs, no limit: "
-                   f"{w2[0].wall:.1f} s = {w2[0].wall / ideal:.2f}x ideal {ideal:g} s (target <= 1.1x: "
+                   f"{w2[0].wall:.2f} s{of} = {w2[0].wall / ideal:.2f}x ideal {ideal:g} s (target <= 1.1x: "
                    f"{ok[w2[0].wall <= 1.1 * ideal]}){_split(w2[0], ideal)}; "
                    f"runner CPU {w2[0].cpu_per_1000} s per 1000 runs, "
                    f"{1000 * (w2[0].cpu or 0.0) / max(1, w2[0].requests):.2f} ms per request at "

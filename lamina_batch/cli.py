@@ -433,10 +433,11 @@ def _client(base_url: str, key: str, dialect: Dialect, pipeline: Pipeline | None
 
 
 def cmd_validate(args: argparse.Namespace, out: Out) -> int:
-    from lamina_batch.matrix import expand_runs, validate_pipeline
+    from lamina_batch.matrix import InputDigest, expand_runs, validate_pipeline
 
     pipeline = _load(args.pipeline)
-    summary = validate_pipeline(pipeline)
+    digest = InputDigest() if args.check_apps else None
+    summary = validate_pipeline(pipeline, digest=digest)
     if args.check_apps:
         from lamina_batch.preflight import check_apps
 
@@ -444,7 +445,7 @@ def cmd_validate(args: argparse.Namespace, out: Out) -> int:
 
             async def go() -> list[Problem]:
                 async with _client(base_url, key, pipeline.api, pipeline) as client:
-                    return await check_apps(pipeline, client, expand_runs(pipeline))
+                    return await check_apps(pipeline, client, expand_runs(pipeline), digest=digest)
 
             problems = asyncio.run(go())
         if problems:
@@ -572,16 +573,19 @@ class Progress:
 
 
 def cmd_run(args: argparse.Namespace, out: Out) -> int:
-    from lamina_batch.matrix import validate_pipeline
+    from lamina_batch.matrix import InputDigest, validate_pipeline
 
     pipeline = _apply_flags(_load(args.pipeline, manifest=args.manifest), args)
     pipeline = dataclasses.replace(pipeline, manifest=_manifest_path(pipeline, args.shard))
-    validate_pipeline(pipeline)  # every template for every row, before a single request
+    digest = InputDigest()
+    validate_pipeline(pipeline, digest=digest, shard=args.shard)  # every template for every row, no request yet
     with _api_target(args.emulator) as (base_url, key):
-        return asyncio.run(_run_async(pipeline, args, out, base_url, key))
+        return asyncio.run(_run_async(pipeline, args, out, base_url, key, digest))
 
 
-async def _run_async(pipeline: Pipeline, args: argparse.Namespace, out: Out, base_url: str, key: str) -> int:
+async def _run_async(
+    pipeline: Pipeline, args: argparse.Namespace, out: Out, base_url: str, key: str, digest: Any
+) -> int:
     from lamina_batch.downloads import Downloader
     from lamina_batch.executor import ExecOptions, Executor, StopReason
     from lamina_batch.manifest import Manifest
@@ -589,15 +593,8 @@ async def _run_async(pipeline: Pipeline, args: argparse.Namespace, out: Out, bas
     from lamina_batch.preflight import check_apps
 
     async with _client(base_url, key, pipeline.api, pipeline) as client:
-        totals = {s.id: 0 for s in pipeline.steps}
-
-        def counted() -> Iterator[Any]:
-            for plan in expand_runs(pipeline, shard=args.shard):
-                for run in plan.runs:
-                    totals[run.step_id] += 1
-                yield plan
-
-        problems = await check_apps(pipeline, client, counted())
+        totals = {s.id: digest.totals.get(s.id, 0) for s in pipeline.steps}
+        problems = await check_apps(pipeline, client, expand_runs(pipeline, shard=args.shard), digest=digest)
         if problems:
             raise ConfigError(problems)
         listen = None

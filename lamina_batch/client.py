@@ -47,7 +47,7 @@ from lamina_batch.models import (
 )
 from lamina_batch.ratelimit import Clock, RateLimiter, Sleep
 from lamina_batch.retry import Retrier, RetryBudget, RetryPolicy, parse_retry_after
-from lamina_batch.transport import default_transport
+from lamina_batch.transport import H11Transport, Target, default_transport
 
 DEFAULT_BASE_URL = "https://app.uselamina.ai"
 CONNECT_TIMEOUT = 10.0
@@ -182,6 +182,12 @@ class LaminaClient:
         )
         self._timeouts = {"connect": CONNECT_TIMEOUT, "read": READ_TIMEOUT, "write": READ_TIMEOUT, "pool": POOL_TIMEOUT}
         self._transport = transport or default_transport(self.base_url, max_connections)
+        # Our own transport is driven directly (no httpx.Request/Response per call); any other one (a proxy's,
+        # a test's MockTransport) through the standard httpx interface. Both replies go through _finish().
+        self._direct: tuple[H11Transport, Target, bytes, list[tuple[bytes, bytes]]] | None = None
+        if isinstance(self._transport, H11Transport):
+            url = httpx.URL(self.base_url)
+            self._direct = (self._transport, Target.of(url), url.raw_path.rstrip(b"/"), self._headers.raw)
 
     # ------------------------------------------------------------------ construction / lifecycle
 
@@ -223,6 +229,11 @@ class LaminaClient:
     @property
     def limiter(self) -> RateLimiter:
         return self._limiter
+
+    @property
+    def budget_bound(self) -> bool:
+        """The request budget ran out within its last window (see RateLimiter.constrained)."""
+        return self._limiter.constrained()
 
     @property
     def supports_wait(self) -> bool:
@@ -391,19 +402,45 @@ class LaminaClient:
             self.stats.requests += 1
             self._budget.record_request()
             try:
-                response = await self._httpx_request(method, path, params, body, read_timeout)
+                if self._direct is not None:
+                    status, headers, content = await self._direct_request(method, path, params, body, read_timeout)
+                    reply_headers: Mapping[str, str] = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}
+                else:
+                    response = await self._httpx_request(method, path, params, body, read_timeout)
+                    status, reply_headers, content = response.status_code, response.headers, response.content
             except httpx.HTTPError as exc:
                 raise self._transport_error(exc, method, path) from exc
-        self._limiter.observe(response.headers, grant)
-        status = response.status_code
+        self._limiter.observe(reply_headers, grant)
         if not 200 <= status < 300:
+            if self._direct is not None:
+                response = httpx.Response(status, headers=headers, content=content)
             raise self._http_error(response, method, path)
         try:
-            return parse(response.json())
+            return parse(json.loads(content))
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ServerError(
                 f"malformed reply ({type(exc).__name__})", status=status, method=method, path=path
             ) from exc
+
+    async def _direct_request(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str | int] | None,
+        body: Any,
+        read_timeout: float | None,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        assert self._direct is not None
+        transport, target, prefix, headers = self._direct
+        timeouts = self._timeouts if read_timeout is None else {**self._timeouts, "read": read_timeout}
+        url = prefix + path.encode("ascii")
+        if params:
+            url += b"?" + str(httpx.QueryParams(params)).encode("ascii")
+        content = b""
+        if body is not None:
+            content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+            headers = [*headers, (b"Content-Length", b"%d" % len(content)), (b"Content-Type", b"application/json")]
+        return await transport.send(method.encode("ascii"), target, url, list(headers), content, timeouts)
 
     async def _httpx_request(
         self,

@@ -9,6 +9,7 @@ import dataclasses
 import errno
 import fcntl
 import json
+import math
 import os
 import socket
 import sqlite3
@@ -1050,6 +1051,11 @@ class Manifest:
 
     def median_duration(self, app_id: str) -> float | None:
         """Median remote duration of the app's last completed runs (at most DURATION_WINDOW), or None."""
+        return self.duration_quantile(app_id, 0.5)
+
+    def duration_quantile(self, app_id: str, q: float) -> float | None:
+        """The `q` quantile (0.5: the median; else nearest rank) of the app's last completed runs' remote
+        durations (at most DURATION_WINDOW of them), or None before any."""
         window = self._durations.get(app_id)
         if window is None:
             self._flush_for()
@@ -1063,7 +1069,12 @@ class Manifest:
             if self._writer:
                 # only the writer sees every new completion, so only its window stays current
                 self._durations[app_id] = window
-        return statistics.median(window) if window else None
+        if not window:
+            return None
+        if q == 0.5:
+            return statistics.median(window)
+        ranked = sorted(window)
+        return ranked[min(len(ranked) - 1, max(0, math.ceil(q * len(ranked)) - 1))]
 
 
 def _detail(error_code: str | None, error: str | None) -> str | None:

@@ -27,6 +27,7 @@ IDENTITY_HEX = 32
 
 __all__ = [
     "MAX_PROBLEMS",
+    "InputDigest",
     "ValidationSummary",
     "expand_runs",
     "item_identity",
@@ -37,6 +38,60 @@ __all__ = [
     "shard_of",
     "validate_pipeline",
 ]
+
+
+class SeenValue:
+    """One distinct rendered value of an input: the first rows that rendered it, and how many rows did."""
+
+    __slots__ = ("count", "last_row", "rows", "value")
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+        self.rows: list[tuple[int, str | None]] = []  # (row number, key), the first ROWS_CAP of them
+        self.count = 0  # distinct rows (axes combinations of one row count once)
+        self.last_row = -1
+
+
+class InputDigest:
+    """What the local check saw of each step's rendered inputs, so the preflight can hold them against the
+    live apps without rendering every row again: per (step, input) the distinct values, each with its first
+    rows. An input with more than `values_cap` distinct values (a prompt per row, say) keeps none: the
+    preflight renders again if, and only if, the app says such an input is an option or a URL."""
+
+    def __init__(self, *, values_cap: int = 256, rows_cap: int = MAX_PROBLEMS) -> None:
+        self.values_cap = values_cap
+        self.rows_cap = rows_cap
+        self.totals: dict[str, int] = {}  # runs per step
+        self._seen: dict[tuple[str, str], dict[str, SeenValue] | None] = {}
+
+    def add(self, run: PlannedRun) -> None:
+        self.totals[run.step_id] = self.totals.get(run.step_id, 0) + 1
+        row = run.item.row_number
+        for name, value in run.inputs.items():
+            if isinstance(value, str) and templates.UPSTREAM_MARKER in value:
+                continue  # known only at run time: the preflight skips these anyway
+            slot = (run.step_id, name)
+            values = self._seen.get(slot, {})
+            if values is None:
+                continue
+            vkey = value if isinstance(value, str) else "\x00" + _CANONICAL.encode(value)
+            seen = values.get(vkey)
+            if seen is None:
+                if len(values) >= self.values_cap:
+                    self._seen[slot] = None
+                    continue
+                seen = values[vkey] = SeenValue(value)
+                self._seen[slot] = values
+            if seen.last_row != row:
+                seen.last_row = row
+                seen.count += 1
+                if len(seen.rows) < self.rows_cap:
+                    seen.rows.append((row, run.item.key))
+
+    def values(self, step_id: str, name: str) -> list[SeenValue] | None:
+        """The distinct values of one input in row order of first use, or None if too many were kept."""
+        values = self._seen.get((step_id, name), {})
+        return None if values is None else list(values.values())
 
 
 @dataclass(frozen=True)
@@ -576,9 +631,12 @@ def _dummy_output(step: Step) -> RunOutput:
     )
 
 
-def validate_pipeline(pipeline: Pipeline) -> ValidationSummary:
+def validate_pipeline(
+    pipeline: Pipeline, *, digest: InputDigest | None = None, shard: tuple[int, int] | None = None
+) -> ValidationSummary:
     """Read every row and render every template (inputs, where, download.path) for every run, without a
-    request. Raises MatrixError or TemplateError listing every problem (grouped across rows, capped)."""
+    request. Raises MatrixError or TemplateError listing every problem (grouped across rows, capped).
+    `digest` collects the rendered inputs of the runs (of `shard` only, when given) for the preflight."""
     sink = _Collector(collect=True)
     try:
         planner = _Planner(pipeline)
@@ -598,6 +656,9 @@ def validate_pipeline(pipeline: Pipeline) -> ValidationSummary:
         current_row[0] = item.row_number
         planned = planner.plan(item, row_ns, axes_ns, report)
         runs += len(planned)
+        if digest is not None and (shard is None or shard_of(item.item_id, shard[1]) == shard[0]):
+            for run in planned:
+                digest.add(run)
         if download is not None:
             for run in planned:
                 _check_download(pipeline, planner, run, row_ns, axes_ns, download, sink)

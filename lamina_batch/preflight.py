@@ -1,19 +1,20 @@
 """Preflight: rendered inputs checked against the live app definitions before anything is started
-(`validate --check-apps` and the start of `run`). One get_app per distinct app; problems, not exceptions."""
+(`validate --check-apps` and the start of `run`). One get_app per distinct app; problems, not exceptions.
+The values come from the local check's InputDigest where it kept them, else from rendering the rows again."""
 
 from __future__ import annotations
 
 import asyncio
 import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from lamina_batch.errors import NotFoundError, Problem
-from lamina_batch.matrix import display_path
-from lamina_batch.models import AppInfo, AppParameter, ItemPlan, Pipeline, PlannedRun, Step
+from lamina_batch.matrix import InputDigest, display_path
+from lamina_batch.models import AppInfo, AppParameter, ItemPlan, Pipeline, Step
+from lamina_batch.templates import UPSTREAM_MARKER
 
-UPSTREAM_MARKER = "<lamina-batch:upstream:"
 MAX_PROBLEMS = 50
 
 
@@ -30,6 +31,7 @@ class _Collector:
         self.cap = cap
         self.kept: dict[Problem, None] = {}
         self._extra: set[int] = set()  # hashes only: a 100k-row batch with one bad column stays small
+        self.uncounted = 0  # problems known only by number (rows an InputDigest did not keep)
 
     def add(self, problem: Problem) -> None:
         if problem in self.kept:
@@ -41,8 +43,9 @@ class _Collector:
 
     def result(self) -> list[Problem]:
         problems = list(self.kept)
-        if self._extra:
-            problems.append(Problem(f"... and {len(self._extra)} more problems not shown"))
+        more = len(self._extra) + self.uncounted
+        if more:
+            problems.append(Problem(f"... and {more} more problems not shown"))
         return problems
 
 
@@ -52,11 +55,13 @@ async def check_apps(
     runs: Iterable[ItemPlan],
     *,
     max_problems: int = MAX_PROBLEMS,
+    digest: InputDigest | None = None,
 ) -> list[Problem]:
     """Every problem the live apps find with the planned runs (empty: all fits).
 
     Costs one get_app per distinct app. A missing app is a Problem; any other API failure (a rejected key,
-    an outage) propagates, since the answer would be meaningless."""
+    an outage) propagates, since the answer would be meaningless. With `digest` (from validate_pipeline over
+    the same runs), `runs` is iterated only for inputs whose values it did not keep and the app constrains."""
     app_ids = list(dict.fromkeys(step.app for step in pipeline.steps))
     fetched = await asyncio.gather(*(client.get_app(a) for a in app_ids), return_exceptions=True)
     apps: dict[str, AppInfo | None] = {}
@@ -70,7 +75,10 @@ async def check_apps(
 
     sink = _Collector(max_problems)
     file = display_path(pipeline.path)
-    for step in pipeline.steps:
+    # (row, step index, input index, problem): value problems go out in row order, whichever way they were found
+    found: list[tuple[int, int, int, Problem]] = []
+    rerender: dict[str, list[tuple[int, str, AppParameter]]] = {}
+    for s_index, step in enumerate(pipeline.steps):
         app = apps[step.app]
         if app is None:
             sink.add(
@@ -83,18 +91,43 @@ async def check_apps(
                 )
             )
             continue
+        # Every run of a step renders the same input names, so names are checked once per step.
         _check_names(sink, file, step, app, step.inputs.keys())
         _check_outputs(sink, file, step, app)
-
-    by_step = {step.id: step for step in pipeline.steps}
-    for plan in runs:
-        for run in plan.runs:
-            run_step = by_step.get(run.step_id)
-            run_app = apps.get(run.app_id)
-            if run_step is None or run_app is None:
+        params = {p.name: p for p in app.parameters}
+        for i_index, name in enumerate(step.inputs):
+            param = params.get(name)
+            if param is None or not _constrains(param):
                 continue
-            _check_names(sink, file, run_step, run_app, run.inputs.keys())
-            _check_values(sink, file, run_step, run_app, run)
+            seen = digest.values(step.id, name) if digest is not None else None
+            if seen is None:
+                rerender.setdefault(step.id, []).append((i_index, name, param))
+                continue
+            for value in seen:
+                verdict = _value_problem(param, name, value.value)
+                if verdict is None:
+                    continue
+                for row_number, key in value.rows:
+                    problem = _problem(file, step, name, _row_label(row_number, key), *verdict)
+                    found.append((row_number, s_index, i_index, problem))
+                sink.uncounted += value.count - len(value.rows)
+
+    if rerender:
+        index = {step.id: n for n, step in enumerate(pipeline.steps)}
+        by_step = {step.id: step for step in pipeline.steps}
+        for plan in runs:
+            for run in plan.runs:
+                for i_index, name, param in rerender.get(run.step_id, ()):
+                    if name not in run.inputs:
+                        continue
+                    verdict = _value_problem(param, name, run.inputs[name])
+                    if verdict is not None:
+                        label = _row_label(run.item.row_number, run.item.key)
+                        problem = _problem(file, by_step[run.step_id], name, label, *verdict)
+                        found.append((run.item.row_number, index[run.step_id], i_index, problem))
+    found.sort(key=lambda f: f[:3])
+    for *_, problem in found:
+        sink.add(problem)
     return sink.result()
 
 
@@ -166,42 +199,37 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _row_label(run: PlannedRun) -> str:
-    key = f" ({run.item.key})" if run.item.key else ""
-    return f"row {run.item.row_number}{key}"
+def _row_label(row_number: int, key: str | None) -> str:
+    return f"row {row_number}" + (f" ({key})" if key else "")
 
 
-def _check_values(sink: _Collector, file: str, step: Step, app: AppInfo, run: PlannedRun) -> None:
-    params: Mapping[str, AppParameter] = {p.name: p for p in app.parameters}
-    for name, value in run.inputs.items():
-        param = params.get(name)
-        if param is None or (isinstance(value, str) and UPSTREAM_MARKER in value):
-            continue  # unknown names are reported per step; upstream outputs are only known at run time
-        message: str | None = None
-        hint: str | None = None
-        if param.type == "options" and param.options is not None:
-            text = value if isinstance(value, str) else None if isinstance(value, dict | list) else str(value)
-            if text is None or text not in param.options:
-                message = f"{_short(value)} is not an option of {name!r}"
-                # Options are short labels like "16:9" where fuzzy matching misleads; only case is a safe guess.
-                same = [o for o in param.options if text is not None and o.lower() == text.strip().lower()]
-                hint = f"did you mean '{same[0]}'? " if same else ""
-                hint += "options: " + ", ".join(param.options)
-        elif param.type == "url":
-            if value == "" and param.has_default:
-                continue  # empty means "use the default" for an optional image
-            if not _is_http_url(value):
-                message = f"{name!r} must be a public http(s) URL, got {_short(value)}"
-        if message is not None:
-            sink.add(
-                Problem(
-                    f"{_row_label(run)}: {message}",
-                    file=file,
-                    line=step.line,
-                    path=_input_path(step, name),
-                    hint=hint,
-                )
-            )
+def _constrains(param: AppParameter) -> bool:
+    """The parameter's type limits the values it takes (so rendered values must be checked one by one)."""
+    return (param.type == "options" and param.options is not None) or param.type == "url"
+
+
+def _value_problem(param: AppParameter, name: str, value: Any) -> tuple[str, str | None] | None:
+    """(message, hint) when `value` does not fit `param`, else None."""
+    if isinstance(value, str) and UPSTREAM_MARKER in value:
+        return None  # upstream outputs are only known at run time
+    if param.type == "options" and param.options is not None:
+        text = value if isinstance(value, str) else None if isinstance(value, dict | list) else str(value)
+        if text is not None and text in param.options:
+            return None
+        # Options are short labels like "16:9" where fuzzy matching misleads; only case is a safe guess.
+        same = [o for o in param.options if text is not None and o.lower() == text.strip().lower()]
+        hint = f"did you mean '{same[0]}'? " if same else ""
+        return f"{_short(value)} is not an option of {name!r}", hint + "options: " + ", ".join(param.options)
+    if param.type == "url":
+        if value == "" and param.has_default:
+            return None  # empty means "use the default" for an optional image
+        if not _is_http_url(value):
+            return f"{name!r} must be a public http(s) URL, got {_short(value)}", None
+    return None
+
+
+def _problem(file: str, step: Step, name: str, row: str, message: str, hint: str | None) -> Problem:
+    return Problem(f"{row}: {message}", file=file, line=step.line, path=_input_path(step, name), hint=hint)
 
 
 def _is_http_url(value: Any) -> bool:

@@ -30,6 +30,9 @@ IN_FLIGHT_RECHECK = 0.05
 LONG_POLL_ARRIVAL = 1.0
 # How long after its grant a request may still be on its way to the server, uncounted by a reply we read.
 IN_TRANSIT = 0.1
+# constrained() judges the pace of requests over this share of the window (at least PACE_SPAN_MIN seconds).
+PACE_SPAN_SHARE = 0.1
+PACE_SPAN_MIN = 0.5
 
 
 @dataclass
@@ -84,6 +87,7 @@ class RateLimiter:
         self._server_limit: int | None = None
         self._server_window = 0.0  # the longest Reset it has stated: our guess of its window's length
         self._lock: asyncio.Lock | None = None
+        self._waited_at = -math.inf  # when a grant last had to wait for budget
 
     # ------------------------------------------------------------------ pure core (tested with a fake clock)
 
@@ -115,12 +119,30 @@ class RateLimiter:
         now = self._clock() if now is None else now
         wait = self.delay(now)
         if wait > 0.0:
+            self._waited_at = now
             return wait
         self._grants.append(_Grant(now, seq=self._seq))
         self._seq += 1
         if self._server_remaining is not None:
             self._server_remaining -= 1
         return 0.0
+
+    def constrained(self, now: float | None = None) -> bool:
+        """Requests, not time, bound the batch right now: a grant had to wait for budget (ours, the server's,
+        or a 429's pause) within the last window, or at the pace of the last few seconds the budget runs out
+        before its window resets."""
+        now = self._clock() if now is None else now
+        window = max(self.per_seconds, self._server_window)
+        if now - self._waited_at < window:
+            return True
+        span = max(PACE_SPAN_MIN, PACE_SPAN_SHARE * window)
+        recent = sum(1 for g in self._grants if g.at >= now - span)
+        if not recent:
+            return False
+        pace = recent / span
+        if self._server_remaining is not None and self._server_reset_at > now:
+            return pace * (self._server_reset_at - now) > self._server_remaining
+        return pace * self.per_seconds > self.count
 
     # ------------------------------------------------------------------ async interface
 

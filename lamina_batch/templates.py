@@ -428,12 +428,15 @@ def uses_name(source: str, name: str) -> bool:
 # --------------------------------------------------------------------------- context helpers
 
 
+UPSTREAM_MARKER = "<lamina-batch:upstream:"
+
+
 def upstream_placeholder(identity: str, index: int | None = None) -> str:
     """What `steps.X.output` renders to at plan time: derived from X's identity, so a downstream identity
     changes exactly when its upstream run changes."""
     if index is None:
-        return f"<lamina-batch:upstream:{identity}>"
-    return f"<lamina-batch:upstream:{identity}:{index}>"
+        return f"{UPSTREAM_MARKER}{identity}>"
+    return f"{UPSTREAM_MARKER}{identity}:{index}>"
 
 
 class _PlaceholderOutputs(list[Namespace]):

@@ -25,8 +25,8 @@ import ssl
 import time
 import urllib.request
 from collections import deque
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, cast
 from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]  # missing from typeshed
 
 import h11
@@ -36,6 +36,29 @@ from lamina_batch.errors import ConfigError, Problem
 
 _Key = tuple[str, str, int]
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+class Target(NamedTuple):
+    """Where `H11Transport.send` connects: scheme, host, port, and the Host header (`netloc`)."""
+
+    scheme: str
+    host: str
+    port: int
+    netloc: bytes
+
+    @classmethod
+    def of(cls, url: httpx.URL) -> Target:
+        if url.scheme not in ("http", "https"):
+            raise ValueError(f"unsupported URL scheme {url.scheme!r}")
+        return cls(url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80), url.netloc)
+
+
+class RawReply(NamedTuple):
+    """A reply as `H11Transport.send` returns it: status, raw header pairs, the whole body."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    content: bytes
 
 
 class _Connection(asyncio.Protocol):
@@ -150,34 +173,79 @@ class H11Transport(httpx.AsyncBaseTransport):
     # ------------------------------------------------------------------ the request
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._closed:
-            raise RuntimeError("H11Transport is closed")
         url = request.url
         if url.scheme not in ("http", "https"):
             raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}", request=request)
-        key: _Key = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
-        limits: dict[str, float | None] = request.extensions.get("timeout", {})
-        body = await request.aread()
-        conn = await self._acquire(key, request, limits)
+        headers = [(b"Host", url.netloc)]
+        headers += [(k, v) for k, v in request.headers.raw if k.lower() not in (b"host", b"transfer-encoding")]
+        reply = await self._request(
+            request.method.encode(),
+            Target(url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80), url.netloc),
+            url.raw_path,
+            headers,
+            await request.aread(),
+            request.extensions.get("timeout", {}),
+            request,
+        )
+        return httpx.Response(
+            reply.status,
+            headers=reply.headers,
+            content=reply.content,
+            request=request,
+            extensions={"http_version": b"HTTP/1.1"},
+        )
+
+    async def send(
+        self,
+        method: bytes,
+        target: Target,
+        path: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        timeouts: Mapping[str, float | None],
+    ) -> RawReply:
+        """One request without httpx's Request/Response objects (LaminaClient's path: building those cost
+        ~0.15 ms CPU a request). `headers` are sent as given after Host; Content-Length is added for a body.
+        Fails with the same httpx exceptions as handle_async_request (their `request` is None)."""
+        return await self._request(method, target, path, [(b"Host", target.netloc), *headers], body, timeouts, None)
+
+    async def _request(
+        self,
+        method: bytes,
+        target: Target,
+        path: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        timeouts: Mapping[str, float | None],
+        request: httpx.Request | None,
+    ) -> RawReply:
+        if self._closed:
+            raise RuntimeError("H11Transport is closed")
+        if body and not any(k.lower() == b"content-length" for k, _ in headers):
+            headers.append((b"Content-Length", str(len(body)).encode()))
+        key: _Key = (target.scheme, target.host, target.port)
+        conn = await self._acquire(key, request, timeouts)
         try:
-            response = await self._exchange(conn, request, body, limits.get("read"))
+            reply = await self._exchange(conn, method, path, headers, body, timeouts.get("read"), request)
         except BaseException:
             conn.close()  # half a request/reply on it: never reusable
             self._release(key, conn)
             raise
         self._release(key, conn)
-        return response
+        return reply
 
     async def _exchange(
-        self, conn: _Connection, request: httpx.Request, body: bytes, read_timeout: float | None
-    ) -> httpx.Response:
-        url = request.url
-        headers = [(b"Host", url.netloc)]
-        headers += [(k, v) for k, v in request.headers.raw if k.lower() not in (b"host", b"transfer-encoding")]
-        if body and not any(k.lower() == b"content-length" for k, _ in headers):
-            headers.append((b"Content-Length", str(len(body)).encode()))
+        self,
+        conn: _Connection,
+        method: bytes,
+        path: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        read_timeout: float | None,
+        request: httpx.Request | None,
+    ) -> RawReply:
         try:
-            data = conn.h11.send(h11.Request(method=request.method, target=url.raw_path, headers=headers))
+            data = conn.h11.send(h11.Request(method=method, target=path, headers=headers))
             if body:
                 data = (data or b"") + (conn.h11.send(h11.Data(data=body)) or b"")
             data = (data or b"") + (conn.h11.send(h11.EndOfMessage()) or b"")
@@ -213,17 +281,13 @@ class H11Transport(httpx.AsyncBaseTransport):
             conn.idle_since = self._clock()
         else:
             conn.close()  # `Connection: close`, HTTP/1.0, or a reply that ends with the connection
-        return httpx.Response(
-            status,
-            headers=reply_headers,
-            content=b"".join(chunks),
-            request=request,
-            extensions={"http_version": b"HTTP/1.1"},
-        )
+        return RawReply(status, reply_headers, b"".join(chunks))
 
     # ------------------------------------------------------------------ the pool
 
-    async def _acquire(self, key: _Key, request: httpx.Request, limits: dict[str, float | None]) -> _Connection:
+    async def _acquire(
+        self, key: _Key, request: httpx.Request | None, limits: Mapping[str, float | None]
+    ) -> _Connection:
         deadline_pool = limits.get("pool")
         while True:
             idle = self._idle.get(key)
@@ -259,7 +323,7 @@ class H11Transport(httpx.AsyncBaseTransport):
                     raise httpx.PoolTimeout("no free connection in time", request=request) from exc
                 raise
 
-    async def _connect(self, key: _Key, request: httpx.Request, limit: float | None) -> _Connection:
+    async def _connect(self, key: _Key, request: httpx.Request | None, limit: float | None) -> _Connection:
         scheme, host, port = key
         tls = self._tls() if scheme == "https" else None
         loop = asyncio.get_running_loop()

@@ -96,6 +96,8 @@ class FakeClient:
         self.cancelled: list[str] = []
         self.first_poll_delays: list[float] = []
         self.extra_listed: list[RemoteRun] = []
+        self.durations: list[float] = []  # per created run, in order; then `duration`
+        self.budget_bound = False
 
     def _n(self) -> str:
         return f"run_{len(self.runs) + 1:04d}"
@@ -105,7 +107,8 @@ class FakeClient:
         if self.fail_first[app_id] > 0:
             self.fail_first[app_id] -= 1
             fail = True
-        run = FakeRun(self._n(), app_id, dict(inputs), self.clock.now(), self.duration, fail, hang=self.hang)
+        duration = self.durations.pop(0) if self.durations else self.duration
+        run = FakeRun(self._n(), app_id, dict(inputs), self.clock.now(), duration, fail, hang=self.hang)
         self.runs[run.run_id] = run
         self.active += 1
         self.peak_active = max(self.peak_active, self.active)
@@ -667,6 +670,22 @@ def test_executions_first_poll_near_median_duration(tmp_path: Path, manifest: Ma
     assert client.first_poll_delays[2] == pytest.approx(20.0, abs=0.5)
     # run 1: polls at 4..20 (5); runs 2 and 3: one poll each.
     assert client.count("get") == 7
+
+
+@pytest.mark.parametrize(("bound", "expected"), [(False, 20.0), (True, 30.0)])
+def test_executions_first_poll_waits_longer_while_the_budget_binds(
+    tmp_path: Path, manifest: Manifest, clock: FakeClock, bound: bool, expected: float
+) -> None:
+    """While the request budget binds, the first poll waits for the 95th percentile of learned durations
+    (fewer polls that find the run still going); otherwise it comes at the median."""
+    client = FakeClient(clock, dialect="executions")
+    client.durations = [10.0, 30.0, 20.0, 20.0]
+    client.budget_bound = bound
+    pipeline = with_run(write_pipeline(tmp_path, rows(4), api="executions"), concurrency=1, poll_interval=4.0)
+    result, _ = execute(pipeline, manifest, client, clock)
+    assert result.counts == {RunState.COMPLETED: 4}
+    # learned before runs 3 and 4: [10, 30] and [10, 30, 20]: median 20, 95th percentile 30
+    assert client.first_poll_delays[2:] == [pytest.approx(expected, abs=0.5)] * 2
 
 
 # --------------------------------------------------------------------------- downloads

@@ -207,6 +207,18 @@ def test_begin_attempt_resets_the_previous_attempt(writer: Manifest) -> None:
     assert rec.inputs == {"Prompt": "b"}
 
 
+def test_begin_attempt_returns_what_a_read_would(writer: Manifest) -> None:
+    """The record begin_attempt returns (built without a read) equals the one read back, first try and retry."""
+    run = make_run(4, key="SKU4", axes={"aspect": "1:1"})
+    first = writer.begin_attempt(run, {"Prompt": "a", "n": 2})
+    assert first == writer.get(run.identity)
+    writer.set_remote_id(run.identity, "r1")
+    writer.finish(run.identity, RunState.FAILED, error="x", error_code="E")
+    again = writer.begin_attempt(run, {"Prompt": "b"})
+    assert again == writer.get(run.identity)
+    assert again.created_at == first.created_at
+
+
 @pytest.mark.parametrize("state", [RunState.RUNNING, RunState.COMPLETED])
 def test_begin_attempt_refuses_a_run_that_would_be_paid_twice(writer: Manifest, state: RunState) -> None:
     """Starting again a run that is running or completed is refused, naming its remote id."""
@@ -362,6 +374,19 @@ def test_median_duration_of_recent_completed_runs(mpath: Path) -> None:
     with Manifest.open(mpath, pipeline_name=NAME, writer=False) as r:
         assert r.median_duration("app_7Hk2") == 25.0
         assert r.median_duration("app_9Qx1") is None
+
+
+def test_duration_quantile_is_nearest_rank(mpath: Path) -> None:
+    """duration_quantile picks by nearest rank (0.95 of 20 durations is the 19th), the median by averaging."""
+    with Manifest.open(mpath, pipeline_name=NAME, writer=True) as m:
+        assert m.duration_quantile("app_7Hk2", 0.95) is None
+        for n in range(1, 21):
+            run = make_run(n)
+            m.begin_attempt(run, {})
+            m.finish(run.identity, RunState.COMPLETED, remote_duration=float(21 - n))
+        assert m.duration_quantile("app_7Hk2", 0.95) == 19.0
+        assert m.duration_quantile("app_7Hk2", 1.0) == 20.0
+        assert m.duration_quantile("app_7Hk2", 0.5) == 10.5
 
 
 # --------------------------------------------------------------------------- lock and concurrent readers

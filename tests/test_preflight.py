@@ -259,3 +259,65 @@ steps:
     assert any("'Promt'" in p and "did you mean 'Prompt'?" in p for p in problems)
     assert any("row 2" in p and "'2:1'" in p for p in problems)
     assert emulator.stats.starts == 0
+
+
+def _digest_pipeline(tmp_path: Path) -> Pipeline:
+    from lamina_batch import spec
+
+    lines = ["sku,ar,img"]
+    for n in range(1, 121):
+        ar = ("1:1", "16:9", "bad", "16:9 ")[n % 4]
+        img = "not-a-url" if n % 7 == 0 else f"https://img.test/{n}.png"
+        lines.append(f"S{n},{ar},{img}")
+    (tmp_path / "rows.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        """version: 1
+matrix:
+  csv: rows.csv
+  key: sku
+  axes:
+    v: ["1", "2"]
+steps:
+  - id: hero
+    app: app_hero
+    inputs:
+      Prompt: "photo {{ row.sku }}"
+      Aspect Ratio: "{{ row.ar }}"
+      Reference Image: "{{ row.img }}"
+""",
+        encoding="utf-8",
+    )
+    return spec.load_pipeline(path)
+
+
+@pytest.mark.parametrize("values_cap", [1000, 50])
+def test_digest_gives_the_same_problems_as_rendering_again(tmp_path: Path, values_cap: int) -> None:
+    """Checked from the local check's digest (all values kept, or too many URLs kept to fall back to
+    rendering), the preflight reports exactly what rendering every row again reports, in the same order."""
+    from lamina_batch.matrix import InputDigest, expand_runs, validate_pipeline
+
+    p = _digest_pipeline(tmp_path)
+    again = check(p, FakeApps(HERO), list(expand_runs(p)), max_problems=30)
+    digest = InputDigest(values_cap=values_cap)
+    validate_pipeline(p, digest=digest)
+    assert digest.totals == {"hero": 240}
+    assert check(p, FakeApps(HERO), list(expand_runs(p)), max_problems=30, digest=digest) == again
+    assert again[-1].message.startswith("... and ")
+    assert any("row 2 (S2): 'bad' is not an option" in str(x) for x in again)
+
+
+def test_digest_that_kept_every_value_renders_nothing_again(tmp_path: Path) -> None:
+    """With every constrained input's values in the digest, the preflight never iterates the runs again."""
+    from lamina_batch.matrix import InputDigest, validate_pipeline
+
+    p = _digest_pipeline(tmp_path)
+    digest = InputDigest()
+    validate_pipeline(p, digest=digest)
+
+    def never() -> Any:
+        raise AssertionError("rendered again")
+        yield
+
+    problems = asyncio.run(check_apps(p, FakeApps(HERO), never(), digest=digest))
+    assert problems

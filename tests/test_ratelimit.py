@@ -229,3 +229,44 @@ def test_without_server_statement_our_own_cap_applies() -> None:
     limiter = RateLimiter(Rate(3, 60), hard_cap=False, clock=t.clock, sleep=t.sleep)
     assert [limiter.try_acquire() for _ in range(3)] == [0.0, 0.0, 0.0]
     assert limiter.try_acquire() == pytest.approx(60.0)
+
+
+def test_constrained_while_a_grant_waited_within_the_window() -> None:
+    """constrained() is true from the moment a grant has to wait until one window later, then false again."""
+    t = FakeTime()
+    limiter = RateLimiter(Rate(2, 10), clock=t.clock, sleep=t.sleep)
+    assert limiter.try_acquire() == 0.0
+    assert limiter.try_acquire() == 0.0
+    t.advance(2.0)  # past the pace span: only a wait can say the budget binds now
+    assert not limiter.constrained()
+    assert limiter.try_acquire() > 0
+    assert limiter.constrained()
+    t.advance(9.9)
+    assert limiter.constrained()
+    t.advance(0.2)
+    assert not limiter.constrained()
+
+
+def test_constrained_by_a_429_pause() -> None:
+    """A 429's pause counts as the budget binding once a request has had to wait for it."""
+    t = FakeTime()
+    limiter = RateLimiter(Rate(100, 60), clock=t.clock, sleep=t.sleep)
+    limiter.pause(5.0)
+    assert not limiter.constrained()
+    assert limiter.try_acquire() == pytest.approx(5.0)
+    assert limiter.constrained()
+
+
+def test_constrained_when_the_pace_would_spend_the_stated_budget_before_its_reset() -> None:
+    """At 5 requests a second with 40 left and 20 s to the server's reset, the budget binds before any wait;
+    at a trickle it does not."""
+    t = FakeTime()
+    limiter = RateLimiter(Rate(90, 60), hard_cap=False, clock=t.clock, sleep=t.sleep)
+    limiter.try_acquire()
+    limiter.observe({"RateLimit-Limit": "100", "RateLimit-Remaining": "99", "RateLimit-Reset": "60"})
+    assert not limiter.constrained()  # one request in the last 6 s: 1/6 a second x 60 s < 99
+    for _ in range(30):
+        t.advance(0.2)
+        assert limiter.try_acquire() == 0.0
+    limiter.observe({"RateLimit-Limit": "100", "RateLimit-Remaining": "40", "RateLimit-Reset": "20"})
+    assert limiter.constrained()  # 5 a second x 20 s = 100 > 40

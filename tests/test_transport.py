@@ -434,3 +434,69 @@ def test_an_unusable_proxy_is_a_config_error_that_hides_the_url(monkeypatch: pyt
     text = str(info.value)
     assert "HTTPS_PROXY" in text
     assert "s3cret" not in text
+
+
+def test_client_sends_the_same_request_directly_as_through_httpx() -> None:
+    """LaminaClient's direct path (H11Transport.send) puts the same request on the wire as the httpx path,
+    base-URL path prefix, escaped path, query and JSON body included, and reads the reply the same way."""
+    from lamina_batch.client import LaminaClient
+    from lamina_batch.models import Rate
+
+    class Wrapped(httpx.AsyncBaseTransport):
+        """The same transport behind the plain httpx interface (what a proxy's or a test's transport gets)."""
+
+        def __init__(self) -> None:
+            self.inner = H11Transport()
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            return await self.inner.handle_async_request(request)
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    body = b'{"data": {"runId": "run_1", "status": "queued", "outputs": []}}'
+    seen: list[list[bytes]] = []
+    for transport in (None, Wrapped()):
+
+        async def go(transport: httpx.AsyncBaseTransport | None = transport) -> None:
+            async with Server(reply(body)) as server:
+                client = LaminaClient(server.url + "/prefix/", "lma_" + "k" * 24, "runs", Rate(100, 1), transport)
+                run_ = await client.start(
+                    "app 1", {"Prompt": "é"}, outputs=["Hero Image"], webhook="https://x.test/h?a=1"
+                )
+                assert run_.run_id == "run_1"
+                await client.aclose()
+            seen.append(server.requests)
+
+        run(go())
+    import re
+
+    direct, via_httpx = ([re.sub(rb"127\.0\.0\.1:\d+", b"HOST", r) for r in reqs] for reqs in seen)
+    assert direct == via_httpx, (direct, via_httpx)
+    assert direct[0].startswith(b"POST /prefix/v1/apps/app%201/runs?webhook=https%3A%2F%2Fx.test%2Fh%3Fa%3D1 HTTP/1.1")
+
+
+def test_client_direct_path_maps_error_replies_like_httpx() -> None:
+    """A 404 and a 429 with Retry-After arriving on the direct path become NotFoundError and RateLimitedError."""
+    from lamina_batch.client import LaminaClient
+    from lamina_batch.errors import NotFoundError, RateLimitedError
+    from lamina_batch.models import Rate
+    from lamina_batch.retry import RetryPolicy
+
+    async def go() -> None:
+        async with Server(reply(b'{"error": "App not found", "code": "NOT_FOUND"}', status="404 Not Found")) as s404:
+            client = LaminaClient(s404.url, "lma_" + "k" * 24, "runs", Rate(100, 1))
+            with pytest.raises(NotFoundError, match="App not found"):
+                await client.get_app("app_x")
+            await client.aclose()
+        limited = reply(b'{"error": "slow down"}', status="429 Too Many Requests", extra=b"Retry-After: 7\r\n")
+        async with Server(limited) as s429:
+            client = LaminaClient(
+                s429.url, "lma_" + "k" * 24, "runs", Rate(100, 1), retry_policy=RetryPolicy(max_attempts=1)
+            )
+            with pytest.raises(RateLimitedError) as info:
+                await client.get_app("app_x")
+            assert info.value.retry_after == 7
+            await client.aclose()
+
+    run(go())
