@@ -33,6 +33,7 @@ IN_TRANSIT = 0.1
 # constrained() judges the pace of requests over this share of the window (at least PACE_SPAN_MIN seconds).
 PACE_SPAN_SHARE = 0.1
 PACE_SPAN_MIN = 0.5
+PACE_MIN_REQUESTS = 5
 
 
 @dataclass
@@ -88,6 +89,7 @@ class RateLimiter:
         self._server_window = 0.0  # the longest Reset it has stated: our guess of its window's length
         self._lock: asyncio.Lock | None = None
         self._waited_at = -math.inf  # when a grant last had to wait for budget
+        self._first_grant_at = math.inf
 
     # ------------------------------------------------------------------ pure core (tested with a fake clock)
 
@@ -122,6 +124,7 @@ class RateLimiter:
             self._waited_at = now
             return wait
         self._grants.append(_Grant(now, seq=self._seq))
+        self._first_grant_at = min(self._first_grant_at, now)
         self._seq += 1
         if self._server_remaining is not None:
             self._server_remaining -= 1
@@ -132,16 +135,18 @@ class RateLimiter:
         or a 429's pause) within the last window, or at the pace of the last few seconds the budget runs out
         before its window resets."""
         now = self._clock() if now is None else now
-        window = max(self.per_seconds, self._server_window)
+        server = self._server_remaining is not None and self._server_reset_at > now
+        window = max(self._server_window, 1.0) if server and not self.hard_cap else self.per_seconds
         if now - self._waited_at < window:
             return True
-        span = max(PACE_SPAN_MIN, PACE_SPAN_SHARE * window)
+        # the pace over the last share of the window, or since the first request if that was more recent
+        span = max(PACE_SPAN_MIN, min(PACE_SPAN_SHARE * window, now - self._first_grant_at))
         recent = sum(1 for g in self._grants if g.at >= now - span)
-        if not recent:
-            return False
+        if recent < PACE_MIN_REQUESTS:
+            return False  # too few to call it a pace
         pace = recent / span
-        if self._server_remaining is not None and self._server_reset_at > now:
-            return pace * (self._server_reset_at - now) > self._server_remaining
+        if server:
+            return pace * (self._server_reset_at - now) > (self._server_remaining or 0)
         return pace * self.per_seconds > self.count
 
     # ------------------------------------------------------------------ async interface

@@ -264,7 +264,7 @@ def test_constrained_when_the_pace_would_spend_the_stated_budget_before_its_rese
     limiter = RateLimiter(Rate(90, 60), hard_cap=False, clock=t.clock, sleep=t.sleep)
     limiter.try_acquire()
     limiter.observe({"RateLimit-Limit": "100", "RateLimit-Remaining": "99", "RateLimit-Reset": "60"})
-    assert not limiter.constrained()  # one request in the last 6 s: 1/6 a second x 60 s < 99
+    assert not limiter.constrained()  # one request is too few to judge a pace by
     for _ in range(30):
         t.advance(0.2)
         assert limiter.try_acquire() == 0.0
