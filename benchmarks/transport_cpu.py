@@ -32,9 +32,24 @@ def _httpx_pool(connections: int) -> httpx.AsyncBaseTransport:
     return httpx.AsyncHTTPTransport(limits=limits)
 
 
+class _ThroughHttpx(httpx.AsyncBaseTransport):
+    """H11Transport behind the plain httpx interface: LaminaClient then builds an httpx.Request per call and
+    gets an httpx.Response back, as it does for any transport that is not H11Transport itself."""
+
+    def __init__(self, connections: int) -> None:
+        self._inner = H11Transport(max_connections=connections)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 TRANSPORTS: dict[str, Callable[[int], httpx.AsyncBaseTransport]] = {
     "httpx.AsyncHTTPTransport (httpcore pool)": _httpx_pool,
-    "H11Transport (lamina-batch's default)": lambda connections: H11Transport(max_connections=connections),
+    "H11Transport via httpx.Request/Response": _ThroughHttpx,
+    "H11Transport.send (lamina-batch's default)": lambda connections: H11Transport(max_connections=connections),
 }
 
 

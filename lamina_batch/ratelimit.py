@@ -104,8 +104,11 @@ class RateLimiter:
             wait = self._paused_until - now
         if self._server_remaining is not None and self._server_reset_at <= now:
             if self._server_limit is not None and not self.hard_cap:
-                # Its window passed unheard: a fresh one (a 429 corrects us if its window is not fixed).
-                self._server_remaining = self._server_limit
+                # Its window passed unheard: a fresh one (a 429 corrects us if its window is not fixed). Requests
+                # still on their way may land in it rather than in the old one: count them there.
+                while self._recent_polls and self._recent_polls[0] + IN_TRANSIT <= now:
+                    self._recent_polls.popleft()
+                self._server_remaining = max(0, self._server_limit - self._open - len(self._recent_polls))
                 self._server_reset_at = now + max(self._server_window, 1.0)
             else:
                 self._server_remaining = None

@@ -4,8 +4,10 @@ which picks it, or httpx's transport when a proxy is configured.
 
 Why not httpx's transport: at 100 runs in flight its connection pool and the AsyncClient layers cost ~4.3 ms
 CPU a run (start + /wait) against ~1.4 ms here, and CPU is what bounds the executor (DESIGN.md §6; measured on
-the emulator, README "Performance"). What it leaves out, on purpose: proxies (`default_transport` hands those
-to httpx), HTTP/2, streaming bodies (API replies are small JSON; downloads use httpx). Errors come out as
+the emulator, README "Performance"). LaminaClient calls `send()` (target, headers, body in; status, headers,
+body out), which skips building an httpx Request and Response per call; `handle_async_request` serves anyone
+else through the standard httpx interface. What it leaves out, on purpose: proxies (`default_transport` hands
+those to httpx), HTTP/2, streaming bodies (API replies are small JSON; downloads use httpx). Errors come out as
 httpx's exceptions, so the client's mapping does not depend on the transport:
 
     connection refused / DNS / TLS failure -> httpx.ConnectError     (nothing was sent)

@@ -270,3 +270,22 @@ def test_constrained_when_the_pace_would_spend_the_stated_budget_before_its_rese
         assert limiter.try_acquire() == 0.0
     limiter.observe({"RateLimit-Limit": "100", "RateLimit-Remaining": "40", "RateLimit-Reset": "20"})
     assert limiter.constrained()  # 5 a second x 20 s = 100 > 40
+
+
+def test_a_fresh_window_counts_requests_still_on_their_way() -> None:
+    """When the server's window passes unheard, requests still in flight may land in the new one: a limit of
+    100 with 3 replies outstanding leaves 97 to send at once."""
+    t = FakeTime()
+    limiter = RateLimiter(Rate(3, 60), hard_cap=False, clock=t.clock, sleep=t.sleep)
+    limiter.observe({"RateLimit-Limit": "100", "RateLimit-Remaining": "3", "RateLimit-Reset": "60"})
+
+    async def go() -> list[float]:
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(3):
+                await stack.enter_async_context(limiter.slot())  # the window's last three, not answered yet
+            t.now = 60.0
+            return [limiter.try_acquire() for _ in range(98)]
+
+    waits = asyncio.run(go())
+    assert waits[:97] == [0.0] * 97
+    assert waits[97] > 0.0
