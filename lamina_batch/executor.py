@@ -78,7 +78,8 @@ CLOCK_SKEW = 10.0
 # `submitting` without a remote id, which the next invocation reconciles, so cutting it short is still safe.
 START_GRACE = 5.0
 _NOTICE_EVERY = 10.0
-# A completed run's record waits at most this long for another commit to share its fsync.
+# A completed run's record, or (runs API) a start's remote id, waits at most this long for another commit to share
+# its fsync.
 FINISH_FLUSH_DELAY = 0.05
 _LIST_PAGE = 100
 # Executions API, while the request budget binds: the first status poll waits for this quantile of the app's
@@ -265,11 +266,6 @@ class _Gate:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(entry)
             raise
-
-    @property
-    def waiting(self) -> bool:
-        """Someone is queued for the gate (the next start of this app will follow at once)."""
-        return any(not fut.done() for fut, _ in self._waiters)
 
     def release(self) -> bool:
         """Let go; True when ownership passed straight to a waiter."""
@@ -780,12 +776,13 @@ class Executor:
             self._judge(RunState.FAILED)
             return _Outcome(RunState.FAILED)
         crashpoint("after-reply")
-        # With the next start of this app already waiting, its intent commit carries this id too (one fsync);
-        # the timer flush covers a waiter that gives up instead. Only where a crash in between can be reconciled
-        # from the runs list: on the executions API a lost id would make the run `unknown`.
-        queued = self._c.supports_list and self._app_locks[run.app_id].waiting
-        self._m.set_remote_id(run.identity, remote.run_id, remote, defer=queued)
-        if queued:
+        # The id rides with the next write: the app's next intent (one fsync for both, and that start cannot
+        # leave before this id is durable) or the timer flush within FINISH_FLUSH_DELAY, whichever comes first.
+        # Only where a crash in between can be reconciled from the runs list (the one unaccounted run of this
+        # app is adopted): on the executions API a lost id would make the run `unknown`, so it commits at once.
+        defer = self._c.supports_list
+        self._m.set_remote_id(run.identity, remote.run_id, remote, defer=defer)
+        if defer:
             self._schedule_flush()
         self._starts += 1
         self._start_backoff(run.app_id).reset()
