@@ -20,7 +20,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from lamina_batch import __version__
 from lamina_batch.errors import (
@@ -36,6 +36,9 @@ from lamina_batch.errors import (
     Problem,
 )
 from lamina_batch.models import Dialect, Pipeline, RunState
+
+if TYPE_CHECKING:  # imported where used: `lamina-batch --help` should not pay for jinja2
+    from lamina_batch.matrix import InputDigest
 
 EXIT_OK = 0
 EXIT_FAILED_RUNS = 1
@@ -584,7 +587,7 @@ def cmd_run(args: argparse.Namespace, out: Out) -> int:
 
 
 async def _run_async(
-    pipeline: Pipeline, args: argparse.Namespace, out: Out, base_url: str, key: str, digest: Any
+    pipeline: Pipeline, args: argparse.Namespace, out: Out, base_url: str, key: str, digest: InputDigest
 ) -> int:
     from lamina_batch.downloads import Downloader
     from lamina_batch.executor import ExecOptions, Executor, StopReason

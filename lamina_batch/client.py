@@ -183,7 +183,7 @@ class LaminaClient:
         self._timeouts = {"connect": CONNECT_TIMEOUT, "read": READ_TIMEOUT, "write": READ_TIMEOUT, "pool": POOL_TIMEOUT}
         self._transport = transport or default_transport(self.base_url, max_connections)
         # Our own transport is driven directly (no httpx.Request/Response per call); any other one (a proxy's,
-        # a test's MockTransport) through the standard httpx interface. Both replies go through _finish().
+        # a test's MockTransport) through the standard httpx interface. Replies of both then go the same way.
         self._direct: tuple[H11Transport, Target, bytes, list[tuple[bytes, bytes]]] | None = None
         if isinstance(self._transport, H11Transport):
             url = httpx.URL(self.base_url)
@@ -232,7 +232,7 @@ class LaminaClient:
 
     @property
     def budget_bound(self) -> bool:
-        """The request budget ran out within its last window (see RateLimiter.constrained)."""
+        """Requests, not time, bound the batch right now (RateLimiter.constrained)."""
         return self._limiter.constrained()
 
     @property
