@@ -239,20 +239,21 @@ def _describe(e: BaseException) -> str:
     return str(e) or e.__class__.__name__
 
 
-class _Gate:
-    """A FIFO mutex (the one-start-in-flight-per-app lock) that hands ownership straight to the next waiter
-    (one loop turn, no watcher task per waiter) and whose waiters a stop interrupts (`interrupt`)."""
+class _Pool:
+    """A FIFO counting semaphore (size 1: the one-start-in-flight-per-app lock) that hands a freed place
+    straight to the next waiter (one loop turn, no watcher task per waiter) and whose waiters a stop
+    interrupts (`interrupt`)."""
 
-    def __init__(self) -> None:
-        self._held = False
+    def __init__(self, size: int = 1) -> None:
+        self._free = size
         self._waiters: deque[tuple[asyncio.Future[None], asyncio.Event]] = deque()
 
     async def acquire(self, stop: asyncio.Event) -> None:
-        """Own the gate, or raise _Interrupted if `stop` is (or becomes) set first."""
+        """Take a place, or raise _Interrupted if `stop` is (or becomes) set first."""
         if stop.is_set():
             raise _Interrupted
-        if not self._held:
-            self._held = True
+        if self._free > 0:
+            self._free -= 1
             return
         entry = (asyncio.get_running_loop().create_future(), stop)
         self._waiters.append(entry)
@@ -268,13 +269,13 @@ class _Gate:
             raise
 
     def release(self) -> bool:
-        """Let go; True when ownership passed straight to a waiter."""
+        """Give a place back; True when it passed straight to a waiter."""
         while self._waiters:
             fut, _ = self._waiters.popleft()
             if not fut.done():
-                fut.set_result(None)  # ownership passes on; _held stays True
+                fut.set_result(None)  # the place passes on; _free is unchanged
                 return True
-        self._held = False
+        self._free += 1
         return False
 
     def interrupt(self) -> None:
@@ -319,15 +320,17 @@ class Executor:
         self._rng = rng or random.Random()
         settings = pipeline.run
         self._settings = settings
-        self._slots = asyncio.Semaphore(max(1, settings.concurrency))
+        self._slots = _Pool(max(1, settings.concurrency))
         self._step_caps = {
-            s.id: asyncio.Semaphore(s.concurrency)
+            s.id: _Pool(s.concurrency)
             for s in pipeline.steps
             if s.concurrency is not None and s.concurrency < settings.concurrency
         }
-        self._app_locks: defaultdict[str, _Gate] = defaultdict(_Gate)
+        self._app_locks: defaultdict[str, _Pool] = defaultdict(_Pool)
+        self._pools: list[_Pool] = [self._slots, *self._step_caps.values()]  # beside the app locks
         self._never = asyncio.Event()  # a stop that never comes (crash leftovers are reconciled regardless)
-        self._stop_futs: dict[asyncio.Event, asyncio.Future[Any]] = {}
+        self._until_waiting: defaultdict[asyncio.Event, set[asyncio.Task[Any]]] = defaultdict(set)
+        self._until_stopped: set[asyncio.Task[Any]] = set()  # tasks in _until that a stop cancelled
         self._no_starts = asyncio.Event()  # set by any stop: nothing new is started
         self._hard = asyncio.Event()  # set by a signal: waiting is abandoned too
         self._stop_reason: StopReason | None = None
@@ -388,9 +391,7 @@ class Executor:
                         await self._receiver.stop()
                         self._receiver = None
         finally:
-            for fut in self._stop_futs.values():
-                fut.cancel()
-            self._stop_futs.clear()
+            self._until_waiting.clear()
         if self._error is not None:
             raise self._error
         return RunResult(
@@ -421,72 +422,56 @@ class Executor:
         self.request_stop(reason)
 
     def _interrupt_gates(self) -> None:
+        """After a stop event was set: wake whoever waits on it (pools, app locks, _until)."""
         for gate in self._app_locks.values():
             gate.interrupt()
-
-    def _stop_future(self, stop: asyncio.Event) -> asyncio.Future[Any]:
-        """One shared watcher per stop event, done once it is set (cheaper than a watcher task per await)."""
-        fut = self._stop_futs.get(stop)
-        if fut is None:
-            fut = self._stop_futs[stop] = asyncio.ensure_future(stop.wait())
-        return fut
+        for pool in self._pools:
+            pool.interrupt()
+        # A task that sets a stop itself is not inside its await: it sees the stop at its next check.
+        me = asyncio.current_task()
+        for stop, tasks in self._until_waiting.items():
+            if stop.is_set():
+                for task in tasks:
+                    if task is not me and task not in self._until_stopped:
+                        self._until_stopped.add(task)
+                        task.cancel()
 
     async def _until(self, aw: Coroutine[Any, Any, T], stop: asyncio.Event) -> T:
-        """Await `aw` unless `stop` is set first; then cancel it and raise _Interrupted."""
+        """Await `aw` in this task unless `stop` is set first; then cancel it and raise _Interrupted.
+        A stop cancels the waiting task itself (as asyncio.timeout does): no helper task, no extra loop turns
+        on every poll."""
         if stop.is_set():
             aw.close()
             raise _Interrupted
-        task = asyncio.ensure_future(aw)
-        waiter = self._stop_future(stop)
+        me = asyncio.current_task()
+        assert me is not None
+        waiting = self._until_waiting[stop]
+        waiting.add(me)
         try:
-            done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            return await aw
         except asyncio.CancelledError:
-            task.cancel()
-            raise
-        if task in done:
-            return task.result()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        raise _Interrupted
+            if me not in self._until_stopped:
+                raise
+            self._until_stopped.discard(me)
+            me.uncancel()
+            raise _Interrupted from None
+        finally:
+            waiting.discard(me)
+            if me in self._until_stopped:  # `aw` swallowed the cancellation: take the request back
+                self._until_stopped.discard(me)
+                me.uncancel()
 
     async def _pause(self, seconds: float, stop: asyncio.Event) -> None:
         await self._until(self._sleep(max(0.0, seconds)), stop)  # type: ignore[arg-type]
-
-    async def _acquire(self, sem: asyncio.Semaphore, stop: asyncio.Event) -> None:
-        if stop.is_set():
-            raise _Interrupted
-        if not sem.locked():
-            await sem.acquire()
-            return
-        task = asyncio.ensure_future(sem.acquire())
-        waiter = self._stop_future(stop)
-        try:
-            done, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                if await task:
-                    sem.release()
-            raise
-        if task in done:
-            return
-        task.cancel()
-        acquired = False
-        with contextlib.suppress(asyncio.CancelledError):
-            acquired = await task
-        if acquired:
-            sem.release()
-        raise _Interrupted
 
     @contextlib.asynccontextmanager
     async def _slot(self, run: PlannedRun, stop: asyncio.Event) -> AsyncIterator[None]:
         # The step cap first: holding a global slot while queueing for a step cap would starve other steps.
         cap = self._step_caps.get(run.step_id)
         if cap is not None:
-            await self._acquire(cap, stop)
+            await cap.acquire(stop)
         try:
-            await self._acquire(self._slots, stop)
+            await self._slots.acquire(stop)
             try:
                 yield
             finally:
@@ -498,7 +483,8 @@ class Executor:
     # ------------------------------------------------------------------ streaming the plan
 
     async def _stream(self) -> None:
-        live = asyncio.Semaphore(max(2, 2 * self._settings.concurrency))
+        live = _Pool(max(2, 2 * self._settings.concurrency))
+        self._pools.append(live)
         tasks: set[asyncio.Task[None]] = set()
 
         def done(task: asyncio.Task[None]) -> None:
@@ -513,7 +499,7 @@ class Executor:
         try:
             for plan in expand_runs(self._p, shard=self._o.shard):
                 try:
-                    await self._acquire(live, self._hard)
+                    await live.acquire(self._hard)
                 except _Interrupted:
                     break
                 task = asyncio.create_task(self._item(plan))

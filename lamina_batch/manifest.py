@@ -314,7 +314,7 @@ def _insert_run(
     plan: Mapping[str, Any],
     identity: str,
     *,
-    inputs: Mapping[str, Any],
+    inputs_json: str,
     state: RunState,
     now: str,
 ) -> None:
@@ -323,7 +323,7 @@ def _insert_run(
     values.update(plan)
     values.update(
         identity=identity,
-        inputs_json=_dumps(dict(inputs)),
+        inputs_json=inputs_json,
         state=state.value,
         attempts=1 if submitting else 0,
         created_at=now,
@@ -762,7 +762,9 @@ class Manifest:
                 plan = _plan_values(run)
                 row = c.execute(_SELECT_POSITION, (run.identity,)).fetchone()
                 if row is None:
-                    _insert_run(c, plan, run.identity, inputs=run.inputs, state=RunState.PENDING, now=now)
+                    _insert_run(
+                        c, plan, run.identity, inputs_json=_dumps(dict(run.inputs)), state=RunState.PENDING, now=now
+                    )
                     self._transition(c, run.identity, None, RunState.PENDING, now, None)
                     new += 1
                 else:
@@ -774,16 +776,18 @@ class Manifest:
         start request goes out. Refuses a run that is running or completed: that would pay twice."""
         now = self._clock()
         plan = _plan_values(run)
+        inputs_json = _dumps(dict(inputs))
         # Deferred finishes of other runs stay off the intent's commit (it is on the one-start-per-app path);
         # this run's own deferred finish must land first, or it would still read as running.
         with self._write(finishes=run.identity in self._deferred) as c:
             row = c.execute(
-                "SELECT state, remote_id, attempts FROM runs WHERE identity = ?", (run.identity,)
+                "SELECT state, remote_id, attempts, created_at FROM runs WHERE identity = ?", (run.identity,)
             ).fetchone()
             if row is None:
                 old: RunState | None = None
                 attempts = 1
-                _insert_run(c, plan, run.identity, inputs=inputs, state=RunState.SUBMITTING, now=now)
+                created = now
+                _insert_run(c, plan, run.identity, inputs_json=inputs_json, state=RunState.SUBMITTING, now=now)
             else:
                 old = RunState(row[0])
                 if old in (RunState.RUNNING, RunState.COMPLETED):
@@ -792,6 +796,7 @@ class Manifest:
                         + (f" as remote run {row[1]}" if row[1] else "")
                     )
                 attempts = int(row[2]) + 1
+                created = row[3]
                 # indexed columns are left alone unless they changed: each index entry rewritten costs WAL pages
                 c.execute(
                     "UPDATE runs SET state = ?, attempts = ?, submitted_at = ?, updated_at = ?, inputs_json = ?, "
@@ -803,7 +808,7 @@ class Manifest:
                         attempts,
                         now,
                         now,
-                        _dumps(dict(inputs)),
+                        inputs_json,
                         plan["output_labels_json"],
                         plan["needs_json"],
                         run.identity,
@@ -811,9 +816,25 @@ class Manifest:
                 )
                 _refresh_position(c, run.identity, plan, c.execute(_SELECT_POSITION, (run.identity,)).fetchone())
             self._transition(c, run.identity, old, RunState.SUBMITTING, now, f"attempt {attempts}")
-        record = self.get(run.identity)
-        assert record is not None
-        return record
+        # Built from what was just written rather than read back: this is on the one-start-per-app path.
+        return RunRecord(
+            identity=run.identity,
+            step_id=plan["step_id"],
+            app_id=plan["app_id"],
+            row_number=plan["row_number"],
+            row_key=plan["row_key"],
+            item_id=plan["item_id"],
+            row=_loads(plan["row_json"]),
+            axes=_loads(plan["axes_json"]),
+            inputs=_loads(inputs_json),
+            output_labels=tuple(run.output_labels) if run.output_labels is not None else None,
+            needs=_loads(plan["needs_json"]),
+            state=RunState.SUBMITTING,
+            attempts=attempts,
+            created_at=created,
+            updated_at=now,
+            submitted_at=now,
+        )
 
     def set_remote_id(
         self, identity: str, remote_id: str, remote: RemoteRun | None = None, *, defer: bool = False

@@ -30,7 +30,9 @@ from lamina_batch.executor import (
     Executor,
     RunResult,
     StopReason,
+    _Interrupted,
     _parse_crashpoint,
+    _Pool,
     parse_timestamp,
 )
 from lamina_batch.manifest import Manifest
@@ -785,3 +787,91 @@ def test_parse_timestamp_accepts_z_and_naive() -> None:
     assert parse_timestamp("2024-05-01T10:00:00+00:00") == a
     assert parse_timestamp("2024-05-01T10:00:00") == a
     assert parse_timestamp("garbage") is None
+
+
+# --------------------------------------------------------------------------- the pool and _until
+
+
+def test_pool_hands_places_over_in_order_and_a_stop_interrupts_only_its_waiters() -> None:
+    """A freed place goes to the longest waiter; interrupt() wakes only waiters whose stop is set."""
+
+    async def scenario() -> list[str]:
+        pool = _Pool(2)
+        soft, hard = asyncio.Event(), asyncio.Event()
+        order: list[str] = []
+
+        async def take(name: str, stop: asyncio.Event) -> None:
+            try:
+                await pool.acquire(stop)
+            except _Interrupted:
+                order.append(f"{name}:interrupted")
+                return
+            order.append(name)
+
+        await take("a", soft)
+        await take("b", soft)
+        waiters = [asyncio.create_task(take(n, s)) for n, s in (("c", soft), ("d", hard), ("e", soft))]
+        await asyncio.sleep(0)
+        hard.set()
+        pool.interrupt()
+        assert pool.release() is True  # to c, the longest waiter
+        await asyncio.sleep(0)
+        assert pool.release() is True  # to e: d was interrupted
+        await asyncio.gather(*waiters)
+        assert pool.release() is False
+        assert pool.release() is False
+        return order
+
+    assert asyncio.run(scenario()) == ["a", "b", "d:interrupted", "c", "e"]
+
+
+def test_pool_place_handed_to_a_cancelled_waiter_passes_on() -> None:
+    """A waiter cancelled just after a place was handed to it passes the place on instead of losing it."""
+
+    async def scenario() -> bool:
+        pool = _Pool(1)
+        stop = asyncio.Event()
+        await pool.acquire(stop)
+        first = asyncio.create_task(pool.acquire(stop))
+        second = asyncio.create_task(pool.acquire(stop))
+        await asyncio.sleep(0)
+        pool.release()  # handed to `first` ...
+        first.cancel()  # ... which is cancelled before it runs
+        await asyncio.sleep(0)
+        await second
+        return first.cancelled()
+
+    assert asyncio.run(scenario())
+
+
+def test_until_turns_a_stop_into_interrupted_but_lets_other_cancels_through(
+    tmp_path: Path, manifest: Manifest, clock: FakeClock
+) -> None:
+    """A stop ends a wait in _until with _Interrupted; a cancel from anyone else stays a CancelledError."""
+    pipeline = write_pipeline(tmp_path, rows(1))
+    executor = Executor(pipeline, manifest, FakeClient(clock), ExecOptions(), clock=clock.now, wall_clock=clock.now)  # type: ignore[arg-type]
+
+    async def scenario() -> tuple[str, str, bool]:
+        never = asyncio.get_running_loop().create_future()
+        stop = asyncio.Event()
+
+        async def wait_on(fut: asyncio.Future[None]) -> str:
+            try:
+                await executor._until(fut, stop)  # type: ignore[arg-type]
+            except _Interrupted:
+                return "interrupted"
+            return "done"
+
+        stopped = asyncio.create_task(wait_on(never))
+        await asyncio.sleep(0)
+        stop.set()
+        executor._interrupt_gates()
+        first = await stopped
+        cancelled = asyncio.create_task(executor._until(asyncio.sleep(3600), asyncio.Event()))
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
+        return first, "cancelled", stopped.cancelling() == 0
+
+    assert asyncio.run(scenario()) == ("interrupted", "cancelled", True)
