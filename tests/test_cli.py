@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -86,6 +87,16 @@ def test_validate_example_prints_one_summary_line(example: Path, capsys: pytest.
     assert len(out) == 1
     assert "valid" in out[0]
     assert "runs" in out[0]
+
+
+def test_own_process_turns_the_collector_back_on_before_a_command(example: Path) -> None:
+    """console() starts with the garbage collector off; main() turns it on before a command's work."""
+    gc.disable()
+    try:
+        assert main(["validate", str(example)], own_process=True) == 0
+        assert gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_validate_check_apps_on_the_emulator(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
