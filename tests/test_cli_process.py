@@ -130,10 +130,12 @@ def test_kill_minus_nine_at_random_moments_never_pays_twice(
 @pytest.mark.slow
 def test_kill_minus_nine_soak(tmp_path: Path, make_emulator: Callable[..., Emulator]) -> None:
     """The long kill loop: 80 SIGKILLs over a 120-run batch, still exactly one start per run."""
-    emu = make_emulator(duration=(0.5, 2.0), queued=0.05, seed=7)
-    pipeline = write_pipeline(tmp_path, 60)
+    # Runs long enough (and few enough in flight) that the batch outlives the loop: every kill lands mid-batch.
+    emu = make_emulator(duration=(2.0, 6.0), queued=0.05, seed=7)
+    pipeline = write_pipeline(tmp_path, 60, concurrency=3)
     env = cli_env(emu)
-    kill_loop(pipeline, env, random.Random(7), kills=80)
+    landed = kill_loop(pipeline, env, random.Random(7), kills=80)
+    assert landed == 80
     final = run_cli(pipeline, env, timeout=300)
     assert final.returncode == 0, final.stderr
     assert manifest_states(pipeline) == {"completed": 120}
