@@ -29,7 +29,7 @@ from helpers import (
     write_pipeline,
 )
 
-from lamina_batch.crash import POINTS
+from lamina_batch.crash import POINTS, _parse
 from lamina_batch.emulator import Emulator
 
 MakeEmu = Callable[..., Emulator]
@@ -58,6 +58,15 @@ def row_with(rows: list[Row], inputs: dict[str, Any]) -> Row:
 def test_crash_points_are_named_in_start_path_order() -> None:
     """The crash points process tests rely on exist under their contract names, in the order a start meets them."""
     assert POINTS == ("before-intent", "after-intent", "after-send", "after-reply", "after-id", "before-download")
+
+
+def test_crashpoint_spec_parsing() -> None:
+    """LAMINA_BATCH_CRASHPOINT accepts `name` (first hit) and `name:N` (N-th hit); a bad N means the first."""
+    assert _parse(None) is None
+    assert _parse("") is None
+    assert _parse("after-intent") == ("after-intent", 1)
+    assert _parse("after-reply:3") == ("after-reply", 3)
+    assert _parse("after-send:x") == ("after-send", 1)
 
 
 def test_crashpoint_kills_at_its_nth_hit_and_ignores_other_names() -> None:
