@@ -156,8 +156,7 @@ def test_max_starts_guard_exits_3_and_resumes(tmp_path: Path, emulator: Emulator
 def test_sixty_second_outage_mid_batch_costs_no_run(
     drop: bool, tmp_path: Path, make_emulator: Callable[..., Emulator]
 ) -> None:
-    """A 60 s outage (every API request 503, or its connection dropped) mid-batch, which the emulator's request
-    log shows the CLI running into: every run completes, once."""
+    """A 60 s outage mid-batch (503s or dropped connections, seen in the request log): every run completes, once."""
     emu = make_emulator(duration=(1.0, 2.0))
     pipeline = write_pipeline(tmp_path, 12)
     proc = start_cli(pipeline, cli_env(emu))
@@ -218,8 +217,7 @@ def test_cancel_stops_the_runs_an_interrupted_batch_left_running(
 def test_reports_are_written_at_the_end_of_an_interrupted_run(
     tmp_path: Path, make_emulator: Callable[..., Emulator]
 ) -> None:
-    """README: `--report` files are written at the end of every run, an interrupted one too: after a SIGINT
-    (exit 130) the CSV and JSONL list the runs left running, with the remote ids the emulator handed out."""
+    """README: `--report` files are written at the end of an interrupted run too, listing the runs left running."""
     emu = make_emulator(duration=(30.0, 30.0))
     pipeline = write_pipeline(tmp_path, 4, concurrency=2)
     reports = {fmt: tmp_path / "reports" / f"r.{fmt}" for fmt in ("csv", "jsonl", "html", "junit", "markdown")}
@@ -238,8 +236,7 @@ def test_reports_are_written_at_the_end_of_an_interrupted_run(
 
 
 def test_a_second_ctrl_c_exits_at_once(tmp_path: Path, make_emulator: Callable[..., Emulator]) -> None:
-    """README: a second Ctrl-C exits at once, without waiting for a start still in flight; the manifest stays
-    consistent: the resume accounts for that start with no duplicate."""
+    """README: a second Ctrl-C exits at once, not waiting for a start in flight; the resume pays nothing twice."""
     emu = make_emulator(duration=(0.05, 0.2))
     arrived, release = threading.Event(), threading.Event()
 
@@ -280,9 +277,7 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path: Path, make_emulator: Callable[.
 def test_the_api_key_reaches_no_manifest_report_or_output(
     tmp_path: Path, make_emulator: Callable[..., Emulator]
 ) -> None:
-    """README: the key is never written to logs, manifests or reports: a --verbose run with a failed run,
-    downloads and every report format, then `status`, `report` and a run with a rejected key (--verbose), leave
-    it in no file under the folder and in no line of stdout/stderr."""
+    """README: the API key (accepted or rejected) reaches no manifest, report, download or output, --verbose too."""
     key = "lma_SeCrEtKeY_4f2b9c81d7e6a5"
     emu = make_emulator(key=key)
     pipeline = write_pipeline(tmp_path, 3, download=True)

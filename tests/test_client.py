@@ -815,8 +815,7 @@ class HookRecorder(H11Transport):
 
 @pytest.mark.parametrize("dialect", ["runs", "executions"])
 def test_only_a_start_request_carries_the_after_send_hook(emulator: Emu, dialect: Dialect) -> None:
-    """The client hands the transport its after-send hook (the crash point between "sent" and "reply read")
-    for start requests only, in both dialects."""
+    """The client passes the transport its after-send hook (crash point "after-send") for starts only."""
     transport = HookRecorder()
 
     async def go(c: LaminaClient) -> None:

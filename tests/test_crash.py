@@ -99,9 +99,10 @@ EXPECTED = {("runs", point): CLEAN for point in POINTS} | {
 
 @pytest.mark.parametrize(("api", "point"), sorted(EXPECTED), ids=[f"{a}-{p}" for a, p in sorted(EXPECTED)])
 def test_kill_at_each_crash_point_then_resume(api: str, point: str, tmp_path: Path, make_emulator: MakeEmu) -> None:
-    """A SIGKILL at the 3rd hit of each crash point, then a resume: runs API (and executions API wherever its
-    manifest knows the outcome) completes every run with one start each and every remote run accounted for;
-    otherwise the run is `unknown` (exit 1, not sent again) until --restart-unknown starts it."""
+    """Killed at each crash point, a resume pays nothing twice; an outcome it cannot know stays `unknown`."""
+    # Runs API, and the executions API where the manifest knows the outcome: every run completes with one start
+    # and every remote run accounted for. Otherwise (executions, no runs list) the run is `unknown`, exit 1, and
+    # not sent again; --restart-unknown then starts it once more, the user's explicit choice.
     emu = make_emulator(duration=(0.05, 0.2))
     pipeline = pipeline_for(tmp_path, api, download=True)
     total = 12 if api == "runs" else 6
@@ -131,8 +132,7 @@ def test_kill_at_each_crash_point_then_resume(api: str, point: str, tmp_path: Pa
 
 
 def test_after_id_on_the_executions_api_leaves_the_id_on_disk(tmp_path: Path, make_emulator: MakeEmu) -> None:
-    """Executions API: killed right after the 3rd remote id was handed to the manifest, the manifest on disk
-    already has that run `running` with its id (no list endpoint could recover it), so nothing is unknown."""
+    """Executions API: killed right after a remote id was handed to the manifest, the id is already on disk."""
     emu = make_emulator(duration=(5.0, 5.0))  # nothing finishes before the kill
     pipeline = pipeline_for(tmp_path, "executions", concurrency=4)
     crashed = run_cli(pipeline, cli_env(emu, LAMINA_BATCH_CRASHPOINT="after-id:3"))
@@ -145,8 +145,7 @@ def test_after_id_on_the_executions_api_leaves_the_id_on_disk(tmp_path: Path, ma
 
 
 def test_after_id_on_the_runs_api_may_defer_and_resume_adopts(tmp_path: Path, make_emulator: MakeEmu) -> None:
-    """Runs API: the id handed to the manifest may wait for the next commit; killed in between, the run is
-    `submitting` without id on disk, and the resume adopts that very remote run instead of starting it again."""
+    """Runs API: killed right after the id was handed over (maybe deferred), the resume adopts that remote run."""
     emu = make_emulator(duration=(0.05, 0.2))
     pipeline = pipeline_for(tmp_path, "runs", banner=False)
     crashed = run_cli(pipeline, cli_env(emu, LAMINA_BATCH_CRASHPOINT="after-id:3"))
@@ -176,8 +175,7 @@ def killed_at_creation(emu: Emulator, pipeline: Path, nth: int) -> subprocess.Po
 
 
 def test_runs_api_resume_adopts_the_run_created_as_the_cli_died(tmp_path: Path, make_emulator: MakeEmu) -> None:
-    """Runs API: killed as its 4th run is created (reply unread), the manifest has that run `submitting`; the
-    resume adopts that remote run: 0 duplicate starts, every remote run accounted for."""
+    """Runs API: killed as a run is created (reply unread), it is `submitting`; the resume adopts it, 0 duplicates."""
     emu = make_emulator(duration=(0.05, 0.2))
     pipeline = pipeline_for(tmp_path, "runs")
     killed_at_creation(emu, pipeline, 4)
@@ -195,8 +193,7 @@ def test_runs_api_resume_adopts_the_run_created_as_the_cli_died(tmp_path: Path, 
 def test_executions_api_never_resends_the_start_and_restart_unknown_completes_it(
     tmp_path: Path, make_emulator: MakeEmu
 ) -> None:
-    """Executions API: killed as its 3rd run is created, a plain resume never sends that start again (the run is
-    `unknown`, exit 1); `--restart-unknown` then starts it once more and completes the batch."""
+    """Executions API: killed as a run is created, it becomes `unknown` (exit 1); --restart-unknown completes it."""
     emu = make_emulator(duration=(0.05, 0.2))
     pipeline = pipeline_for(tmp_path, "executions")
     env = cli_env(emu)
@@ -255,8 +252,7 @@ class DiskCheck:
 def test_every_start_arrives_with_its_run_already_submitting_on_disk(
     api: str, tmp_path: Path, make_emulator: MakeEmu
 ) -> None:
-    """Write-ahead (README "Never paying twice"): when the emulator receives any start request, the manifest on
-    disk already has that run `submitting` without a remote id."""
+    """README write-ahead: as every start request arrives, its run is already `submitting` in the manifest on disk."""
     emu = make_emulator(duration=(0.05, 0.2))
     pipeline = pipeline_for(tmp_path, api)
     check = DiskCheck(manifest_path(pipeline))
@@ -270,8 +266,7 @@ def test_every_start_arrives_with_its_run_already_submitting_on_disk(
 
 
 def test_executions_api_id_is_on_disk_before_the_next_poll(tmp_path: Path, make_emulator: MakeEmu) -> None:
-    """Executions API (README: the id is committed at once): when any status poll arrives at the emulator, the
-    manifest on disk already has the run's remote id, `running`."""
+    """README: on the executions API the remote id is on disk (`running`) before any poll of that run arrives."""
     emu = make_emulator(duration=(0.05, 0.2), queued=0.0)
     pipeline = write_pipeline(tmp_path, 8, api="executions", banner=False, poll_interval="0.001s")
     check = DiskCheck(manifest_path(pipeline))
@@ -335,8 +330,7 @@ def kill_loop(emu: Emulator, pipeline: Path, total: int, rng: random.Random, kil
 
 
 def test_kill_minus_nine_loop_never_pays_twice(tmp_path: Path, make_emulator: MakeEmu) -> None:
-    """20 SIGKILLs, each at an emulator event (a run being created, or runs completing), then a resume: all 60
-    runs complete with one start each, and kills at creation left their run `submitting`."""
+    """20 SIGKILLs at emulator events (a run created, runs completed), then a resume: 80 runs, one start each."""
     emu = make_emulator(duration=(0.2, 0.6), queued=0.02)
     pipeline = write_pipeline(tmp_path, 40, concurrency=4)
     kills = kill_loop(emu, pipeline, 80, random.Random(20261128), kills=20)
@@ -352,13 +346,15 @@ def test_kill_minus_nine_loop_never_pays_twice(tmp_path: Path, make_emulator: Ma
 
 @pytest.mark.slow
 def test_kill_minus_nine_soak(tmp_path: Path, make_emulator: MakeEmu) -> None:
-    """The long kill loop: 80 SIGKILLs at emulator events over a 120-run batch, still exactly one start per run."""
+    """The long kill loop: 80 SIGKILLs at emulator events over a 160-run batch, still exactly one start per run."""
     emu = make_emulator(duration=(1.0, 3.0), queued=0.05, seed=7)
-    pipeline = write_pipeline(tmp_path, 60, concurrency=3)
-    kills = kill_loop(emu, pipeline, 120, random.Random(7), kills=80)
+    pipeline = write_pipeline(tmp_path, 80, concurrency=3)
+    kills = kill_loop(emu, pipeline, 160, random.Random(7), kills=80)
     assert len(kills) == 80
+    assert {k.how for k in kills} == {"start", "completion"}
     assert all(k.submitting >= 1 for k in kills if k.how == "start")
     final = run_cli(pipeline, cli_env(emu), timeout=300)
     assert final.returncode == 0, final.stderr
-    assert manifest_states(pipeline) == {"completed": 120}
-    assert_exactly_once(emu, 120)
+    assert manifest_states(pipeline) == {"completed": 160}
+    assert_exactly_once(emu, 160)
+    assert {r.remote_id for r in manifest_rows(manifest_path(pipeline))} == set(emu.run_ids())

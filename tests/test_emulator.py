@@ -829,8 +829,7 @@ def test_webhook_rotated_keys_and_cancel(make_emulator: MakeEmu, receiver_factor
 
 
 def test_list_runs_since_a_runs_own_created_at_lists_it(make_emulator: MakeEmu) -> None:
-    """`since` equal to a run's createdAt lists that run and every later one: nothing made in the same
-    millisecond as `since` is lost."""
+    """`since` equal to a run's createdAt lists it and every later run: none made in that millisecond is lost."""
     emu = make_emulator(duration=30.0)
     with api(emu) as c:
         made = [start(c, inputs={"Prompt": f"p{i}"}) for i in range(12)]
@@ -842,8 +841,7 @@ def test_list_runs_since_a_runs_own_created_at_lists_it(make_emulator: MakeEmu) 
 
 
 def test_epoch_ms_is_the_millisecond_created_at_shows() -> None:
-    """The runs list compares `since` with the millisecond a run's createdAt shows, also for creation times whose
-    microseconds round up into the next millisecond (there the raw float is below the shown time)."""
+    """epoch_ms (what `since` is compared with) is the millisecond createdAt shows, also where it rounded up."""
     rng = random.Random(5)
     edge = [math.nextafter(1764950400.234, 0), math.nextafter(1764950401.0, 0), 1764950401.0004999]
     for ts in edge + [1764950400 + rng.random() * 86400 for _ in range(2000)]:
@@ -854,8 +852,7 @@ def test_epoch_ms_is_the_millisecond_created_at_shows() -> None:
 
 
 def test_kill_on_start_kills_the_client_before_the_reply_of_its_nth_run(emulator: Emulator) -> None:
-    """kill_on_start(pid, n): the process creating the n-th run from now is SIGKILLed after the run exists and
-    before its reply is written (the client never sees it); one arming, one kill."""
+    """kill_on_start(pid, n) SIGKILLs pid once the n-th run exists, before its reply is written; one kill only."""
     code = (
         "import sys, httpx\n"
         "sys.stdin.readline()\n"
@@ -900,8 +897,7 @@ def test_cancel_kill_disarms_and_arming_needs_a_positive_count(emulator: Emulato
 
 
 def test_start_hook_runs_before_the_run_exists(emulator: Emulator) -> None:
-    """on_start(hook) sees every valid start (app id, inputs) before its run is created, none of the invalid
-    ones; on_start(None) removes it."""
+    """on_start(hook) sees each valid start's app and inputs before its run exists; on_start(None) removes it."""
     seen: list[tuple[str, dict[str, Any], int]] = []
     emulator.on_start(lambda app_id, inputs: seen.append((app_id, inputs, len(emulator.run_ids()))))
     with api(emulator) as c:
@@ -914,8 +910,7 @@ def test_start_hook_runs_before_the_run_exists(emulator: Emulator) -> None:
 
 
 def test_result_hook_runs_for_status_and_wait_requests_before_the_answer(emulator: Emulator) -> None:
-    """on_result_request(hook) sees the run id of every status (both dialects) and /wait request as it arrives,
-    and not the runs list or other requests."""
+    """on_result_request(hook) sees the run id of every status and /wait request, and of nothing else."""
     seen: list[str] = []
     emulator.on_result_request(seen.append)
     with api(emulator) as c:

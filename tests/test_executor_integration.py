@@ -128,8 +128,7 @@ def test_error_storms_fail_no_run(make_emulator: Callable[..., Emulator], tmp_pa
 
 
 def test_outage_mid_batch_costs_no_run(make_emulator: Callable[..., Emulator], tmp_path: Path) -> None:
-    """503 for everything mid-batch until the executor has met it several times: every run still completes,
-    none twice."""
+    """503 for everything mid-batch until the executor met it 4 times: every run still completes, none twice."""
     emu = make_emulator(duration=(0.5, 1.0))
     refused: list[int] = []
 

@@ -503,8 +503,7 @@ def test_client_direct_path_maps_error_replies_like_httpx() -> None:
 
 
 def test_after_send_runs_once_the_request_is_written_and_before_its_reply_is_read() -> None:
-    """send(after_send=...) calls the hook once, after the request went to the socket and before the reply is
-    read: a server that answers only once the hook has run still gets its answer through."""
+    """send(after_send=hook) calls hook once, after the request is written and before its reply is read."""
     hooked = asyncio.Event()
     calls: list[int] = []
 

@@ -247,9 +247,8 @@ def test_dropped_deliveries_are_recovered_by_polling_after_the_grace_period(
 def test_webhook_grace_defaults_to_twice_the_median_duration_and_at_least_60_s(
     tmp_path: Path, make_emulator: MakeEmulator
 ) -> None:
-    """README: a run with no delivery is polled after a grace period of twice the app's median duration, at
-    least 60 s: with no history the executor waits 60 s per run, with a learned median of 45 s it waits 90 s
-    (the injected sleep records each wait and returns at once)."""
+    """README: the webhook grace before polling is twice the app's median duration, at least 60 s."""
+    # The injected sleep records each wait and returns at once.
     emu = make_emulator(p_webhook_drop=1.0)  # no delivery ever arrives: every run waits out its grace
     manifest_file = tmp_path / "p.lamina.sqlite"
     port = free_port()
