@@ -103,6 +103,18 @@ def start_cli(pipeline: Path, env: dict[str, str], *args: str) -> subprocess.Pop
     )
 
 
+@contextmanager
+def cli_process(pipeline: Path, env: dict[str, str], *args: str) -> Iterator[subprocess.Popen[str]]:
+    """`start_cli`, and whatever happens in the block, the process does not outlive it (killed and reaped)."""
+    proc = start_cli(pipeline, env, *args)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+
+
 def run_cli(pipeline: Path, env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "lamina_batch", "run", str(pipeline), "--no-progress", *args],
