@@ -16,6 +16,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from lamina_batch.crash import crashpoint
 from lamina_batch.errors import (
     ApiError,
     AuthError,
@@ -365,7 +366,7 @@ class LaminaClient:
 
         async def attempt() -> T:
             try:
-                return await self._attempt(method, path, parse, params, body, read_timeout, long_poll)
+                return await self._attempt(method, path, parse, params, body, read_timeout, long_poll, phase)
             except TransientError as exc:
                 if phase == "start" and not isinstance(exc, ConnectError | RateLimitedError):
                     self.stats.unknown_outcomes += 1
@@ -397,13 +398,17 @@ class LaminaClient:
         body: Any,
         read_timeout: float | None,
         long_poll: bool = False,
+        phase: Phase = "idempotent",
     ) -> T:
         async with self._limiter.slot(long_poll=long_poll) as grant:
             self.stats.requests += 1
             self._budget.record_request()
             try:
                 if self._direct is not None:
-                    status, headers, content = await self._direct_request(method, path, params, body, read_timeout)
+                    sent = _start_sent if phase == "start" else None
+                    status, headers, content = await self._direct_request(
+                        method, path, params, body, read_timeout, sent
+                    )
                     reply_headers: Mapping[str, str] = {k.decode("latin-1"): v.decode("latin-1") for k, v in headers}
                 else:
                     response = await self._httpx_request(method, path, params, body, read_timeout)
@@ -429,6 +434,7 @@ class LaminaClient:
         params: Mapping[str, str | int] | None,
         body: Any,
         read_timeout: float | None,
+        after_send: Callable[[], None] | None = None,
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         assert self._direct is not None
         transport, target, prefix, headers = self._direct
@@ -440,7 +446,7 @@ class LaminaClient:
         if body is not None:
             content = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
             headers = [*headers, (b"Content-Length", b"%d" % len(content)), (b"Content-Type", b"application/json")]
-        return await transport.send(method.encode("ascii"), target, url, list(headers), content, timeouts)
+        return await transport.send(method.encode("ascii"), target, url, list(headers), content, timeouts, after_send)
 
     async def _httpx_request(
         self,
@@ -541,6 +547,11 @@ class LaminaClient:
 
 
 # ---------------------------------------------------------------------- wire helpers
+
+
+def _start_sent() -> None:
+    # A start is on the wire and its reply unread: the window where only the write-ahead intent accounts for it.
+    crashpoint("after-send")
 
 
 def _check_key(api_key: str) -> None:
