@@ -9,6 +9,7 @@
     |   +-- PreflightError                the live app definitions refuse our inputs
     +-- ManifestError                     the manifest is unreadable, corrupt or of another pipeline (exit 2)
     |   +-- ManifestLockedError           another process holds the writer lock (exit 3)
+    |   +-- IllegalTransitionError        a state change the run lifecycle forbids (refused, nothing written)
     +-- DownloadError                     an output file could not be fetched or written (per run)
     |   +-- UnsafePathError               a rendered download path escapes its directory (per run)
     +-- ApiError                          any answer or failure of the Lamina HTTP API
@@ -104,6 +105,10 @@ class ManifestLockedError(ManifestError):
         self.path = path
         self.holder = holder
         super().__init__(f"{path}: in use by {holder}; wait for it to finish or stop it first")
+
+
+class IllegalTransitionError(ManifestError):
+    """A run state change that `lifecycle.MOVES` does not allow (e.g. starting a completed run again)."""
 
 
 class DownloadError(LaminaBatchError):

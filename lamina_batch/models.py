@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .times import parse_timestamp
+
 Dialect = Literal["runs", "executions"]
 
 
@@ -313,3 +315,8 @@ class RunRecord:
     error_code: str | None = None
     request_id: str | None = None
     downloads: tuple[DownloadRecord, ...] = ()
+
+    @property
+    def submitted_epoch(self) -> float | None:
+        """`submitted_at` as epoch seconds (the executor's deadlines and reconcile windows are numbers)."""
+        return parse_timestamp(self.submitted_at)

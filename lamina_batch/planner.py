@@ -1,5 +1,6 @@
-"""The plan compared with the manifest (`plan`: new / reused / running / to retry / orphaned, with the reason
-each run would (re)start), the per-step state counts and failures (`status`), and `cancel` of running runs.
+"""The plan compared with the manifest (`plan`: new / reused / running / to retry / kept / waiting for upstream /
+orphaned, each run decided by `lifecycle.decide` as `run` decides it, with the reason), the per-step state counts
+and failures (`status`), and `cancel` of running runs.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .errors import ApiError
+from .lifecycle import COMPLETE, Action, Choices, Decision, Upstream, decide
 from .matrix import expand_runs
-from .models import PlannedRun, RunRecord, RunState
+from .models import ItemPlan, PlannedRun, RunRecord, RunState
 
 if TYPE_CHECKING:
     from .client import LaminaClient
@@ -27,16 +29,37 @@ __all__ = [
     "PlanReport",
     "StatusReport",
     "cancel_running",
-    "classify",
+    "category_of",
     "plan_against_manifest",
     "status_exit_code",
     "status_report",
 ]
 
-CATEGORIES = ("new", "reused", "running", "retry", "unknown", "failed_kept", "orphaned")
+CATEGORIES = ("new", "reused", "running", "retry", "unknown", "failed_kept", "waiting", "orphaned")
 NOT_STARTED = "not started"
 _BATCH = 500  # planned runs looked up in the manifest per query
 _UNFINISHED = frozenset({NOT_STARTED, RunState.PENDING.value, RunState.SUBMITTING.value, RunState.RUNNING.value})
+# The plan's category of each action (`to_start` counts new + retry).
+_CATEGORY = {
+    Action.REUSE: "reused",
+    Action.FOLLOW: "running",
+    Action.RECONCILE: "running",
+    Action.START: "new",
+    Action.START_AFTER_UPSTREAM: "retry",
+    Action.RESTART_AFTER_FAILURE: "retry",
+    Action.RESTART_UNKNOWN: "retry",
+    Action.KEEP_FAILED: "failed_kept",
+    Action.KEEP_UNKNOWN: "unknown",
+    Action.WAIT_FOR_UPSTREAM: "waiting",
+    Action.SKIP_UPSTREAM_FAILED: "waiting",
+}
+# Categories whose reasons the plan counts and shows under "why".
+_EXPLAINED = frozenset({"new", "retry", "running", "waiting"})
+
+
+def category_of(action: Action) -> str:
+    """The plan's category (one of CATEGORIES) of a decided action."""
+    return _CATEGORY[action]
 
 
 @dataclass(frozen=True)
@@ -55,6 +78,7 @@ class PlanEntry:
     app_id: str = ""
     inputs: Mapping[str, Any] = field(default_factory=dict)  # rendered; upstream outputs as placeholders
     needs: Mapping[str, str] = field(default_factory=dict)
+    decision: Action | None = None  # the lifecycle's action (the category is what `plan` shows of it)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -134,7 +158,7 @@ class PlanReport:
     def render_text(self) -> str:
         shard = f" (shard {self.shard[0]}/{self.shard[1]})" if self.shard else ""
         lines = [f"{self.pipeline_name}: {self.planned} runs planned{shard}"]
-        headers = ("step", "new", "reused", "running", "retry", "unknown", "failed", "orphaned")
+        headers = ("step", "new", "reused", "running", "retry", "unknown", "failed", "waiting", "orphaned")
         rows: list[tuple[str, ...]] = [headers]
         for step, c in self.steps.items():
             rows.append((step, *(str(c.get(k, 0)) for k in CATEGORIES)))
@@ -152,40 +176,24 @@ class PlanReport:
             lines.append(
                 f"{kept} failed/unknown runs are kept as they are (--retry-failed / --restart-unknown to rerun)"
             )
+        waiting = self.total("waiting")
+        if waiting:
+            lines.append(
+                f"{waiting} runs are waiting for upstream: they start once their upstream run completes "
+                "(until then they count as failed)"
+            )
         if self.reasons:
             lines.append("why:")
             for reason, n in sorted(self.reasons.items(), key=lambda kv: (-kv[1], kv[0])):
                 lines.append(f"  {n:>6}  {reason}")
         for e in self.entries:
-            if e.category in ("new", "retry", "running"):
+            if e.category in _EXPLAINED:
                 key = f" [{e.row_key}]" if e.row_key is not None else ""
                 axes = "".join(f" {k}={v}" for k, v in e.axes.items())
                 lines.append(f"  row {e.row_number}{key}{axes} {e.step_id}: {e.category}: {e.reason}")
         if self.orphans:
             lines.append(f"orphaned (kept as history): {len(self.orphans)}")
         return "\n".join(lines)
-
-
-def classify(record: RunRecord | None, *, retry_failed: bool, restart_unknown: bool) -> tuple[str, str] | None:
-    """(category, reason) for a planned run from its manifest record; None if there is no record."""
-    if record is None:
-        return None
-    state = record.state
-    if state is RunState.COMPLETED:
-        return "reused", "completed earlier"
-    if state is RunState.PENDING:
-        return "new", "planned earlier, not started yet"
-    if state in (RunState.RUNNING, RunState.SUBMITTING):
-        if record.remote_id:
-            return "running", f"running remotely as {record.remote_id}: followed, never started again"
-        return "running", "start reply was lost: reconciled first (adopt the remote run, or start again)"
-    if state is RunState.UNKNOWN:
-        if restart_unknown:
-            return "retry", "unknown: restarting (--restart-unknown)"
-        return "unknown", "outcome unknown: kept (use --restart-unknown to start it again)"
-    if retry_failed:
-        return "retry", f"{state.value}: retrying (--retry-failed)"
-    return "failed_kept", f"{state.value}: kept (use --retry-failed to run it again)"
 
 
 def _row_slot(
@@ -210,6 +218,39 @@ def _planned_runs(pipeline: Pipeline, shard: tuple[int, int] | None) -> Iterator
         yield from plan.runs
 
 
+def _item_batches(pipeline: Pipeline, shard: tuple[int, int] | None, size: int) -> Iterator[list[ItemPlan]]:
+    """Whole items (a run's upstream is in its own item) in batches of about `size` runs."""
+    batch: list[ItemPlan] = []
+    runs = 0
+    for plan in expand_runs(pipeline, shard=shard):
+        batch.append(plan)
+        runs += len(plan.runs)
+        if runs >= size:
+            yield batch
+            batch, runs = [], 0
+    if batch:
+        yield batch
+
+
+def _expected(decision: Decision, step_id: str, state: RunState | None) -> Upstream:
+    """What `plan` expects a run to leave its downstream runs: a run it would start or follow completes; one it
+    keeps, or that waits for its own upstream, does not."""
+    action = decision.action
+    if action in (Action.KEEP_FAILED, Action.KEEP_UNKNOWN):
+        return Upstream.failed(step_id, state or RunState.FAILED)
+    if action in (Action.SKIP_UPSTREAM_FAILED, Action.WAIT_FOR_UPSTREAM):
+        return Upstream.failed(step_id, RunState.FAILED)
+    return COMPLETE
+
+
+def _upstream_of(run: PlannedRun, expected: Mapping[str, Upstream]) -> Upstream:
+    for step_id in run.needs:
+        up = expected.get(step_id, COMPLETE)
+        if up is not COMPLETE:
+            return up
+    return COMPLETE
+
+
 def plan_against_manifest(
     pipeline: Pipeline,
     manifest: Manifest | None,
@@ -220,53 +261,32 @@ def plan_against_manifest(
     details: bool = False,
 ) -> PlanReport:
     """What `run` would do now, without a request: streamed over the plan; entries only when `details`."""
+    choices = Choices(retry_failed=retry_failed, restart_unknown=restart_unknown)
     steps: dict[str, Counter[str]] = {s.id: Counter() for s in pipeline.steps}
     reasons: Counter[str] = Counter()
     entries: list[PlanEntry] = []
     planned: set[str] = set()
-    # With a row key, a run whose identity is new but whose (step, key, axes) was run before was *changed*.
-    previous: dict[tuple[str, str, tuple[tuple[str, str], ...]], RunRecord] = {}
-    if manifest is not None and pipeline.matrix.key is not None:
-        for rec in manifest.iter_runs():
-            if rec.row_key is not None:
-                previous[_row_slot(rec.step_id, rec.row_key, rec.axes)] = _slim(rec)
-    for batch in _batches(_planned_runs(pipeline, shard), _BATCH):
-        found = manifest.get_many(r.identity for r in batch) if manifest is not None else {}
-        for run in batch:
-            planned.add(run.identity)
-            known = found.get(run.identity)
-            verdict = classify(known, retry_failed=retry_failed, restart_unknown=restart_unknown)
-            if verdict is None:
-                verdict = "new", _why_new(run, previous)
-            category, reason = verdict
-            steps.setdefault(run.step_id, Counter())[category] += 1
-            if category in ("new", "retry", "running"):
-                reasons[reason] += 1
-            if details:
-                entries.append(
-                    PlanEntry(
-                        run.identity,
-                        run.step_id,
-                        run.item.row_number,
-                        run.item.key,
-                        run.item.axes,
-                        category,
-                        reason,
-                        None if known is None else known.state,
-                        None if known is None else known.remote_id,
-                        run.app_id,
-                        run.inputs,
-                        run.needs,
-                    )
+    previous = _previous_slots(pipeline, manifest)
+    for batch in _item_batches(pipeline, shard, _BATCH):
+        ids = (r.identity for plan in batch for r in plan.runs)
+        found = manifest.get_many(ids) if manifest is not None else {}
+        for plan in batch:
+            expected: dict[str, Upstream] = {}
+            for run in plan.runs:
+                planned.add(run.identity)
+                known = found.get(run.identity)
+                decision = decide(known, _upstream_of(run, expected), choices)
+                expected[run.step_id] = _expected(decision, run.step_id, None if known is None else known.state)
+                category = category_of(decision.action)
+                reason = (
+                    _why_new(run, previous) if known is None and decision.action is Action.START else decision.reason
                 )
-    orphans: list[OrphanEntry] = []
-    if manifest is not None:
-        for rec in manifest.iter_runs():
-            if rec.identity in planned:
-                continue
-            steps.setdefault(rec.step_id, Counter())["orphaned"] += 1
-            if details:
-                orphans.append(OrphanEntry(rec.identity, rec.step_id, rec.row_number, rec.row_key, rec.state))
+                steps.setdefault(run.step_id, Counter())[category] += 1
+                if category in _EXPLAINED:
+                    reasons[reason] += 1
+                if details:
+                    entries.append(_entry(run, known, category, reason, decision.action))
+    orphans = _orphans(manifest, planned, steps, details=details)
     return PlanReport(
         pipeline_name=pipeline.name,
         steps={s: {c: counts.get(c, 0) for c in CATEGORIES} for s, counts in steps.items()},
@@ -276,6 +296,52 @@ def plan_against_manifest(
         shard=shard,
         has_manifest=manifest is not None,
     )
+
+
+def _previous_slots(
+    pipeline: Pipeline, manifest: Manifest | None
+) -> dict[tuple[str, str, tuple[tuple[str, str], ...]], RunRecord]:
+    """With a row key, a run whose identity is new but whose (step, key, axes) was run before was *changed*."""
+    previous: dict[tuple[str, str, tuple[tuple[str, str], ...]], RunRecord] = {}
+    if manifest is not None and pipeline.matrix.key is not None:
+        for rec in manifest.iter_runs():
+            if rec.row_key is not None:
+                previous[_row_slot(rec.step_id, rec.row_key, rec.axes)] = _slim(rec)
+    return previous
+
+
+def _entry(run: PlannedRun, known: RunRecord | None, category: str, reason: str, action: Action) -> PlanEntry:
+    return PlanEntry(
+        run.identity,
+        run.step_id,
+        run.item.row_number,
+        run.item.key,
+        run.item.axes,
+        category,
+        reason,
+        None if known is None else known.state,
+        None if known is None else known.remote_id,
+        run.app_id,
+        run.inputs,
+        run.needs,
+        action,
+    )
+
+
+def _orphans(
+    manifest: Manifest | None, planned: set[str], steps: dict[str, Counter[str]], *, details: bool
+) -> list[OrphanEntry]:
+    """Manifest runs the plan no longer has (kept as history): counted per step, listed with `details`."""
+    orphans: list[OrphanEntry] = []
+    if manifest is None:
+        return orphans
+    for rec in manifest.iter_runs():
+        if rec.identity in planned:
+            continue
+        steps.setdefault(rec.step_id, Counter())["orphaned"] += 1
+        if details:
+            orphans.append(OrphanEntry(rec.identity, rec.step_id, rec.row_number, rec.row_key, rec.state))
+    return orphans
 
 
 def _slim(rec: RunRecord) -> RunRecord:

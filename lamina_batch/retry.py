@@ -1,5 +1,5 @@
-"""Retry policy for Lamina API calls: full-jitter backoff with attempt/time bounds, a shared retry budget,
-and Retry-After parsing. Which failures are retryable is decided by the caller (per request phase)."""
+"""Retry policy for Lamina API calls and the executor's waiting loops: jittered backoff with attempt/time bounds,
+a shared retry budget, and Retry-After parsing. Which failures are retryable is decided by the caller."""
 
 from __future__ import annotations
 
@@ -47,17 +47,43 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Bounds of one logical request's retries. Delays are full jitter: uniform(0, min(cap, base * 2**n))."""
+    """Bounds of one logical request's retries. Delays are jittered: uniform(floor x c, c) with
+    c = min(cap, base * 2**n); floor 0 is full jitter."""
 
     base: float = 0.5
     cap: float = 30.0
     max_attempts: int = 6  # attempts in total, the first included
     max_elapsed: float = 120.0  # never start a retry that would begin later than this after the first try
+    floor: float = 0.0  # the least share of the ceiling a delay may be (0.5: never less than half)
 
     def backoff(self, retry_number: int, rng: random.Random) -> float:
         """Delay before retry `retry_number` (1-based)."""
         ceiling = min(self.cap, self.base * (2.0 ** (retry_number - 1)))
-        return rng.uniform(0.0, ceiling)
+        return rng.uniform(self.floor * ceiling, ceiling)
+
+
+# The executor's loops that wait for something to work again (a start never sent, a status poll, a runs list):
+# they never give up on their own (a `Backoff` has no attempt or time bound), and no delay is under half its
+# ceiling, so an outage is not hammered.
+PERSISTENT = RetryPolicy(base=1.0, cap=30.0, floor=0.5)
+
+
+class Backoff:
+    """A policy's delays for a loop that retries until it succeeds: `next()` grows them, `reset()` after a
+    success starts again from the shortest. `at_least` (a server's Retry-After) is honoured."""
+
+    def __init__(self, policy: RetryPolicy = PERSISTENT, rng: random.Random | None = None) -> None:
+        self.policy = policy
+        self._rng = rng or random.Random()
+        self._retries = 0
+
+    def next(self, at_least: float | None = None) -> float:
+        self._retries += 1
+        delay = self.policy.backoff(self._retries, self._rng)
+        return delay if at_least is None else max(delay, at_least)
+
+    def reset(self) -> None:
+        self._retries = 0
 
 
 class RetryBudget:

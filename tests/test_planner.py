@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from lamina_batch.lifecycle import Action
 from lamina_batch.manifest import Manifest
 from lamina_batch.matrix import expand_runs
 from lamina_batch.models import Pipeline, PlannedRun, RemoteRun, RunState
 from lamina_batch.planner import (
+    CATEGORIES,
     NOT_STARTED,
     cancel_running,
     plan_against_manifest,
@@ -50,10 +52,11 @@ def manifest(tmp_path: Path) -> Iterator[Manifest]:
     m.close()
 
 
-def complete(m: Manifest, run: PlannedRun, remote_id: str) -> None:
+def complete(m: Manifest, run: PlannedRun, remote_id: str, state: RunState = RunState.COMPLETED) -> None:
+    """Start, follow and end `run` in `state` (completed by default), as a batch would."""
     m.begin_attempt(run, dict(run.inputs))
     m.set_remote_id(run.identity, remote_id)
-    m.finish(run.identity, RunState.COMPLETED)
+    m.finish(run.identity, state)
 
 
 def test_plan_without_manifest_is_all_new(tmp_path: Path) -> None:
@@ -84,6 +87,35 @@ def test_plan_classifies_every_manifest_state(tmp_path: Path, manifest: Manifest
     reasons = {e.reason for e in again.entries if e.category == "retry"}
     assert "failed: retrying (--retry-failed)" in reasons
     assert "unknown: restarting (--restart-unknown)" in reasons
+
+
+def test_plan_shows_runs_waiting_for_upstream(tmp_path: Path, manifest: Manifest) -> None:
+    """A run failed only because its upstream did (UPSTREAM_FAILED), or never recorded under a kept upstream, is
+    shown waiting for upstream, not as a start; once the upstream would run again it starts with it, no flag."""
+    pipeline = write(tmp_path, ["a", "b", "c"])
+    (hero_a, banner_a), (hero_b, banner_b), (hero_c, _) = (plan.runs for plan in expand_runs(pipeline))
+    manifest.begin_attempt(hero_a, dict(hero_a.inputs))
+    manifest.set_state(hero_a.identity, RunState.UNKNOWN, error="reply lost", error_code="START_UNKNOWN")
+    manifest.ensure_planned(banner_a)
+    manifest.finish(banner_a.identity, RunState.FAILED, error="not started", error_code="UPSTREAM_FAILED")
+    complete(manifest, hero_b, "rb", RunState.FAILED)
+    complete(manifest, hero_c, "rc")
+    report = plan_against_manifest(pipeline, manifest, details=True)
+    assert report.steps["hero"] == {**dict.fromkeys(CATEGORIES, 0), "reused": 1, "unknown": 1, "failed_kept": 1}
+    assert report.steps["banner"] == {**dict.fromkeys(CATEGORIES, 0), "new": 1, "waiting": 2}
+    waiting = {e.identity: e.reason for e in report.entries if e.category == "waiting"}
+    assert waiting == {
+        banner_a.identity: "waiting for upstream: hero unknown",
+        banner_b.identity: "waiting for upstream: hero failed",
+    }
+    assert report.to_start == 1
+    text = report.render_text()
+    assert "2 runs are waiting for upstream" in text
+    assert "waiting for upstream: hero unknown" in text
+    again = plan_against_manifest(pipeline, manifest, restart_unknown=True, details=True)
+    banner = next(e for e in again.entries if e.identity == banner_a.identity)
+    assert (banner.category, banner.decision) == ("retry", Action.START_AFTER_UPSTREAM)
+    assert again.to_start == 3  # hero a again, then its banner; and banner c (new)
 
 
 def test_plan_says_which_row_changed_and_orphans_the_old_runs(tmp_path: Path, manifest: Manifest) -> None:
@@ -131,12 +163,13 @@ def test_status_counts_not_started_and_lists_failures(tmp_path: Path, manifest: 
 
 def test_status_exit_codes_when_finished(tmp_path: Path, manifest: Manifest) -> None:
     """All completed -> 0; finished with a failure -> 1."""
-    pipeline = write(tmp_path, ["a"])
-    hero, banner = planned(pipeline)
-    complete(manifest, hero, "r0")
-    complete(manifest, banner, "r1")
-    assert status_exit_code(status_report(pipeline, manifest)) == 0
-    manifest.set_state(banner.identity, RunState.TIMED_OUT)
+    pipeline = write(tmp_path, ["a", "b"])
+    hero_a, banner_a, hero_b, banner_b = planned(pipeline)
+    for n, run in enumerate((hero_a, banner_a, hero_b)):
+        complete(manifest, run, f"r{n}")
+    one_row = write(tmp_path, ["a"])
+    assert status_exit_code(status_report(one_row, manifest)) == 0
+    complete(manifest, banner_b, "r3", RunState.TIMED_OUT)
     report = status_report(pipeline, manifest)
     assert not report.any_unfinished
     assert status_exit_code(report) == 1

@@ -11,7 +11,7 @@ from email.utils import format_datetime
 import pytest
 
 from lamina_batch.errors import NotFoundError, RateLimitedError, ServerError, TransientError
-from lamina_batch.retry import Retrier, RetryBudget, RetryPolicy, parse_retry_after
+from lamina_batch.retry import PERSISTENT, Backoff, Retrier, RetryBudget, RetryPolicy, parse_retry_after
 
 
 class FakeTime:
@@ -192,3 +192,16 @@ def test_on_retry_callback_sees_each_retry() -> None:
     attempt, _ = failing([RateLimitedError("a", retry_after=2.0), RateLimitedError("b", retry_after=3.0)])
     asyncio.run(retrier.call(attempt, on_retry=lambda e, d: seen.append((e, d))))
     assert [d for _, d in seen] == [2.0, 3.0]
+
+
+def test_persistent_backoff_doubles_to_its_cap_never_under_half_and_resets() -> None:
+    """The executor's waiting loops: delays in [c/2, c] for c = 1, 2, 4 ... 30 s, at least a Retry-After, and
+    back to the shortest after a success."""
+    backoff = Backoff(PERSISTENT, random.Random(5))
+    ceilings = [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    for ceiling in ceilings:
+        delay = backoff.next()
+        assert ceiling / 2 <= delay <= ceiling
+    assert backoff.next(at_least=45.0) == 45.0
+    backoff.reset()
+    assert 0.5 <= backoff.next() <= 1.0

@@ -1,0 +1,158 @@
+"""`merge_manifests`: shard manifests combined into one new file, written atomically under the destination's
+writer lock; where shards hold the same run, the more advanced state wins."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lamina_batch.errors import ManifestError
+
+from .api import Manifest
+from .files import acquire_lock, connect, fsync_dir
+from .records import SELECT_RUNS, dumps
+from .schema import RUN_COLUMNS, apply_migrations
+
+__all__ = ["MergeSummary", "merge_manifests"]
+
+
+@dataclass(frozen=True)
+class MergeSummary:
+    """What `merge_manifests` wrote. `conflicts`: rows dropped because another source had the same identity."""
+
+    runs: int
+    conflicts: int
+    sources: int
+    transitions: int = 0
+    webhooks: int = 0
+
+
+_RANK = (
+    "CASE {} WHEN 'completed' THEN 5 WHEN 'running' THEN 4 WHEN 'submitting' THEN 3 WHEN 'pending' THEN 1 ELSE 2 END"
+)
+_RANK_NEW, _RANK_OLD = _RANK.format("excluded.state"), _RANK.format("runs.state")
+_MERGE_UPSERT = " ".join(
+    [
+        f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))})",  # noqa: S608
+        "ON CONFLICT (identity) DO UPDATE SET",
+        ", ".join(f"{col} = excluded.{col}" for col in RUN_COLUMNS[1:]),
+        f"WHERE {_RANK_NEW} > {_RANK_OLD} OR ({_RANK_NEW} = {_RANK_OLD}",
+        "AND COALESCE(excluded.updated_at, '') > COALESCE(runs.updated_at, ''))",
+    ]
+)
+_MERGE_TRANSITIONS = (
+    "INSERT INTO transitions (identity, from_state, to_state, at, detail) "
+    "SELECT ?, ?, ?, ?, ? WHERE NOT EXISTS (SELECT 1 FROM transitions t WHERE t.identity = ?1 "
+    "AND t.from_state IS ?2 AND t.to_state = ?3 AND t.at = ?4 AND t.detail IS ?5)"
+)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def merge_manifests(sources: Sequence[Path | str], dest: Path | str) -> MergeSummary:
+    """Combine shard manifests into `dest`, written atomically. Where an identity is in several sources the
+    more advanced state wins (completed > running > submitting > failed/cancelled/timed_out/unknown > pending,
+    then the later updated_at); transitions, remote ids and webhook deliveries are unioned."""
+    dest = Path(dest)
+    paths = [Path(s) for s in sources]
+    if not paths:
+        raise ManifestError("merge needs at least one source manifest")
+    for p in paths:
+        if _same_file(p, dest):
+            raise ManifestError(f"{dest} is also a source; write the merge to a new file")
+    opened: list[Manifest] = []
+    try:
+        for p in paths:
+            opened.append(Manifest.open(p, pipeline_name=None, writer=False, create=False))
+        name = opened[0].pipeline_name
+        for p, m in zip(paths[1:], opened[1:], strict=True):
+            if m.pipeline_name != name:
+                raise ManifestError(
+                    f"{p} belongs to pipeline '{m.pipeline_name}', but {paths[0]} to '{name}'; "
+                    "only shards of one pipeline can be merged"
+                )
+        # hold dest's writer lock while replacing it, so no batch is writing the file we swap out
+        lock_fd = acquire_lock(dest)
+        try:
+            return _build_merge(opened, dest, name)
+        finally:
+            os.close(lock_fd)
+    finally:
+        for m in opened:
+            m.close()
+
+
+def _build_merge(sources: Sequence[Manifest], dest: Path, name: str | None) -> MergeSummary:
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        conn = connect(str(tmp))
+        try:
+            # a crash mid-build only loses the temp file, so the build itself needs no journal
+            conn.execute("PRAGMA journal_mode = MEMORY")
+            conn.execute("PRAGMA synchronous = OFF")
+            apply_migrations(conn, 0, pipeline_name=name)
+            total = transitions = 0
+            conn.execute("BEGIN IMMEDIATE")
+            for src in sources:
+                with src._read() as s:
+                    total += s.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+                    conn.executemany(_MERGE_UPSERT, s.execute(SELECT_RUNS + " ORDER BY row_number, rowid"))
+                    before = conn.total_changes
+                    conn.executemany(
+                        _MERGE_TRANSITIONS,
+                        s.execute("SELECT identity, from_state, to_state, at, detail FROM transitions ORDER BY id"),
+                    )
+                    transitions += conn.total_changes - before
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO remote_ids (remote_id, identity, app_id, at) VALUES (?, ?, ?, ?)",
+                        s.execute("SELECT remote_id, identity, app_id, at FROM remote_ids"),
+                    )
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO webhooks (request_id, run_id, status, received_at) VALUES (?, ?, ?, ?)",
+                        s.execute("SELECT request_id, run_id, status, received_at FROM webhooks"),
+                    )
+            conn.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('merged_from', ?)",
+                (dumps([str(m.path) for m in sources]),),
+            )
+            conn.execute("COMMIT")
+            runs = conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+            webhooks = conn.execute("SELECT COUNT(*) FROM webhooks").fetchone()[0]
+        finally:
+            conn.close()
+        _replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return MergeSummary(
+        runs=runs, conflicts=total - runs, sources=len(sources), transitions=transitions, webhooks=webhooks
+    )
+
+
+def _replace(tmp: Path, dest: Path) -> None:
+    """Put the built file in place of `dest` durably."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    # a stale WAL beside the old file would be replayed into the new one: drop it first
+    for suffix in ("-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(dest.with_name(dest.name + suffix))
+    os.replace(tmp, dest)
+    fsync_dir(dest.parent)
