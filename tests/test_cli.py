@@ -353,3 +353,21 @@ def test_run_view_prints_notices_signal_stops_and_reports(capsys: pytest.Capture
         "backing off",
         "lamina-batch: SIGINT: stopping new starts, recording in-flight runs (press again to exit at once)",
     ]
+
+
+def test_progress_off_a_terminal_is_a_summary_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a terminal, progress is a `[ Ns] step done/total (bad)` line on stderr (forced here, else ~10 s)."""
+    from lamina_batch import events as ev
+    from lamina_batch.cli.common import Out
+    from lamina_batch.cli.render import Progress
+
+    progress = Progress(Out(), {"hero": 3, "banner": 3}, enabled=True)
+    progress(ev.RunFinished("id1", "hero", 1, "A", RunState.COMPLETED))
+    progress(ev.RunFinished("id2", "hero", 2, "B", RunState.FAILED, error="boom"))
+    progress(ev.RunReused("id3", "banner", 1, "A"))
+    progress.tick(force=True)
+    progress.close()
+    progress.tick(force=True)  # closed: nothing more
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].endswith("] hero 2/3 done (1 bad); banner 1/3 done (0 bad)")
