@@ -7,6 +7,7 @@
     |   +-- TemplateError                 a template failed to parse or render
     |   +-- MissingApiKeyError            LAMINA_API_KEY not set (and not --emulator)
     |   +-- PreflightError                the live app definitions refuse our inputs
+    |   +-- OptionError                   a run option (`BatchOptions` field / `run` flag) is malformed
     +-- ManifestError                     the manifest is unreadable, corrupt or of another pipeline (exit 2)
     |   +-- ManifestLockedError           another process holds the writer lock (exit 3)
     |   +-- IllegalTransitionError        a state change the run lifecycle forbids (refused, nothing written)
@@ -33,6 +34,7 @@ No message built here contains the API key: errors carry method, path, status, c
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +94,22 @@ class MissingApiKeyError(ConfigError):
 
 class PreflightError(ConfigError):
     """The live app definitions refuse the rendered inputs (unknown names, bad options, missing params)."""
+
+
+class OptionError(ConfigError):
+    """A run option (a `BatchOptions` field, which is also a `run` flag) is malformed or inconsistent.
+
+    `template` names the options it mentions as `{0}`, `{1}`... (`names`), so each caller words them its own
+    way: the library says `rate_limit`, the CLI `--rate-limit`."""
+
+    def __init__(self, template: str, *names: str) -> None:
+        self.template = template
+        self.names = names
+        super().__init__(self.worded(lambda name: name))
+
+    def worded(self, name: Callable[[str], str]) -> str:
+        """The message with every option named by `name(option)`."""
+        return self.template.format(*(name(n) for n in self.names))
 
 
 class ManifestError(LaminaBatchError):

@@ -1,12 +1,12 @@
-"""Events the executor emits while a batch runs; the CLI (and tests) render or count them.
-
-Every event is a frozen value; the library never prints, it emits these instead.
+"""Events a batch emits while it runs (the executor's, and `run_batch`'s PlanReady and ReportWritten): frozen
+values the CLI (and tests) render or count; the library never prints, it emits these instead.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from pathlib import Path
 
 from .models import RunState
 
@@ -16,6 +16,7 @@ __all__ = [
     "Notice",
     "PlanReady",
     "Reconciled",
+    "ReportWritten",
     "RunAdopted",
     "RunFinished",
     "RunRetrying",
@@ -129,6 +130,14 @@ class DownloadFailed:
 
 
 @dataclass(frozen=True)
+class ReportWritten:
+    """`run_batch` wrote a report the caller asked for (`BatchOptions.reports`), after the runs."""
+
+    format: str
+    path: Path
+
+
+@dataclass(frozen=True)
 class Notice:
     """A human-readable warning (backing off after errors, pauses, reconciliation results)."""
 
@@ -152,6 +161,7 @@ Event = (
     | RunRetrying
     | Reconciled
     | DownloadFailed
+    | ReportWritten
     | Notice
     | Stopping
 )

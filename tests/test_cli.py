@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from lamina_batch import BatchResult, RunState, StopReason
 from lamina_batch.cli import console, main
 from lamina_batch.emulator import Emulator
 
@@ -235,3 +237,137 @@ def test_unusable_proxy_exits_2_with_one_line(
     assert len(err) == 1
     assert "HTTP_PROXY" in err[0]
     assert "Traceback" not in err[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "hint"),
+    [
+        (["apps", "lst"], "did you mean 'list'"),
+        (["report", "p.yaml", "--format", "htm", "-o", "x"], "did you mean 'html'"),
+        (["apps", "list", "--api", "run"], "did you mean 'runs'"),
+    ],
+)
+def test_misspelt_choice_suggests_the_right_one(argv: list[str], hint: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A misspelt subcommand or choice value exits 2 with a did-you-mean from that argument's own choices."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert hint in err
+    assert len(err.strip().splitlines()) == 2  # the error, then where to get help
+
+
+def test_every_run_flag_sets_the_batch_option_of_its_name() -> None:
+    """Each `run` flag's dest is a BatchOptions field (so a new flag needs only its field), except the display
+    flags the CLI keeps for itself."""
+    import argparse
+    import dataclasses
+
+    from lamina_batch.cli import GROUPS
+    from lamina_batch.cli.parser import build_parser
+    from lamina_batch.options import BatchOptions
+
+    parser = build_parser(GROUPS)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    dests = {a.dest for a in sub.choices["run"]._actions if a.option_strings and a.dest != "help"}
+    fields = {f.name for f in dataclasses.fields(BatchOptions)}
+    assert dests - fields == {"no_progress", "quiet", "verbose"}
+
+
+def test_a_command_group_is_a_module_with_register(capsys: pytest.CaptureFixture[str]) -> None:
+    """A group's register() adds a command through Commands; main-style dispatch calls its handler."""
+    import argparse
+    import types
+
+    from lamina_batch.cli import GROUPS
+    from lamina_batch.cli.common import Out
+    from lamina_batch.cli.parser import Commands, build_parser
+
+    def cmd_hello(args: argparse.Namespace, out: Out) -> int:
+        out.result(f"hello {args.pipeline}")
+        return 0
+
+    def register(commands: Commands) -> None:
+        commands.add("hello", "say hello", cmd_hello, pipeline=True)
+
+    parser = build_parser([*GROUPS, types.SimpleNamespace(register=register)])
+    assert parser.commands[-1] == "hello"
+    args = parser.parse_args(["hello", "p.yaml"])
+    assert args.handler(args, Out()) == 0
+    assert capsys.readouterr().out == "hello p.yaml\n"
+
+
+def _result(**changes: object) -> BatchResult:
+    base = BatchResult(
+        pipeline_name="cat",
+        pipeline_path=Path("/p/cat.yaml"),
+        manifest=Path("/p/cat.lamina.sqlite"),
+        output_dir=Path("/p"),
+        stop_reason=StopReason.FINISHED,
+        counts={RunState.COMPLETED: 2},
+        not_started=0,
+        starts=2,
+        download_failures=0,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "code", "stream", "text"),
+    [
+        ({}, 0, "out", "cat: 2 runs: 2 completed; 2 started now"),
+        ({"stop_reason": StopReason.SIGINT}, 130, "err", "Interrupted: run the same command again to resume."),
+        ({"stop_reason": StopReason.SIGTERM}, 143, "err", "Terminated: run the same command again"),
+        ({"stop_reason": StopReason.MAX_STARTS, "message": "max_starts 2 reached"}, 3, "err", "max_starts 2 reached"),
+        ({"counts": {RunState.COMPLETED: 1, RunState.FAILED: 1}}, 1, "err", "`lamina-batch status /p/cat.yaml`"),
+        ({"not_started": 1}, 1, "err", "cat: 3 runs: 2 completed, 1 not started; 2 started now. Some runs"),
+        ({"download_failures": 1}, 1, "err", "; 1 downloads failed. Some runs did not complete"),
+    ],
+)
+def test_run_exit_code_and_final_line(
+    changes: dict[str, object], code: int, stream: str, text: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`run` picks its exit code from the BatchResult and says what to do next on stderr (stdout when all is well)."""
+    from lamina_batch.cli.common import Out
+    from lamina_batch.cli.run import finish
+
+    assert finish(_result(**changes), Out()) == code
+    captured = capsys.readouterr()
+    assert text in (captured.out if stream == "out" else captured.err)
+
+
+def test_run_view_prints_notices_signal_stops_and_reports(capsys: pytest.CaptureFixture[str]) -> None:
+    """The run view prints a Notice and a signal's stop line on stderr, and `wrote FORMAT report to PATH`."""
+    from lamina_batch import events as ev
+    from lamina_batch.cli.common import Out
+    from lamina_batch.cli.run import RunView
+
+    view = RunView(Out(), progress=False, own_process=False)
+    view(ev.PlanReady(total_runs=2, by_step={"hero": 2}))
+    view(ev.Notice("backing off"))
+    view(ev.Stopping(StopReason.MAX_FAILURES, "too many"))
+    view(ev.Stopping(StopReason.SIGINT))
+    view(ev.ReportWritten("html", Path("out/g.html")))
+    view.close()
+    captured = capsys.readouterr()
+    assert captured.out == "wrote html report to out/g.html\n"
+    assert captured.err.splitlines() == [
+        "backing off",
+        "lamina-batch: SIGINT: stopping new starts, recording in-flight runs (press again to exit at once)",
+    ]
+
+
+def test_progress_off_a_terminal_is_a_summary_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a terminal, progress is a `[ Ns] step done/total (bad)` line on stderr (forced here, else ~10 s)."""
+    from lamina_batch import events as ev
+    from lamina_batch.cli.common import Out
+    from lamina_batch.cli.render import Progress
+
+    progress = Progress(Out(), {"hero": 3, "banner": 3}, enabled=True)
+    progress(ev.RunFinished("id1", "hero", 1, "A", RunState.COMPLETED))
+    progress(ev.RunFinished("id2", "hero", 2, "B", RunState.FAILED, error="boom"))
+    progress(ev.RunReused("id3", "banner", 1, "A"))
+    progress.tick(force=True)
+    progress.close()
+    progress.tick(force=True)  # closed: nothing more
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1
+    assert lines[0].endswith("] hero 2/3 done (1 bad); banner 1/3 done (0 bad)")

@@ -1,0 +1,269 @@
+"""The library entry point: `run_batch(pipeline, options)` does what `lamina-batch run` does (local checks,
+preflight, the executor over the manifest, downloads, reports) and returns a `BatchResult`. It raises
+`errors.*`, emits `events.*` to `on_event` and never prints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .errors import ConfigError
+from .events import Event, PlanReady, ReportWritten, StopReason
+from .models import Pipeline, RunState
+from .options import BatchOptions, PipelineSource, listen_address, prepare_pipeline
+from .target import ApiTarget, api_target, make_client
+
+if TYPE_CHECKING:
+    from .client import LaminaClient
+    from .errors import ApiError
+    from .executor import ExecOptions, Executor
+    from .manifest import Manifest
+    from .matrix import InputDigest
+
+__all__ = ["BatchOptions", "BatchResult", "EventHandler", "run_batch", "run_batch_async", "write_reports"]
+
+EventHandler = Callable[[Event], None]
+T = TypeVar("T")
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one `run_batch` did. `counts` covers every planned run it reached (reused ones included) by its state
+    at the end; runs it never started are in `not_started`. `stop_reason` says why it returned: FINISHED, a guard
+    (MAX_FAILURES, MAX_STARTS), FATAL (an API answer such as 401 or no credits: `fatal_error`) or a signal."""
+
+    pipeline_name: str
+    pipeline_path: Path
+    manifest: Path
+    output_dir: Path
+    stop_reason: StopReason
+    counts: Mapping[RunState, int]
+    not_started: int
+    starts: int  # start requests that created a remote run in this call
+    download_failures: int
+    fatal_error: ApiError | None = None
+    message: str | None = None  # why a guard stopped it, in words
+    reports: tuple[tuple[str, Path], ...] = ()  # (format, path) written at the end
+
+    @property
+    def total(self) -> int:
+        """Every planned run of this invocation (its shard)."""
+        return sum(self.counts.values()) + self.not_started
+
+    @property
+    def completed(self) -> int:
+        return self.counts.get(RunState.COMPLETED, 0)
+
+    @property
+    def failed(self) -> int:
+        """Runs that ended failed, cancelled, timed out or unknown."""
+        return sum(n for state, n in self.counts.items() if RunState(state).bad)
+
+    @property
+    def ok(self) -> bool:
+        """Every planned run completed and every file was downloaded (the CLI's exit 0)."""
+        finished = self.stop_reason is StopReason.FINISHED
+        return finished and not (self.failed or self.not_started or self.download_failures)
+
+
+def run_batch(
+    pipeline: PipelineSource, options: BatchOptions | None = None, *, on_event: EventHandler | None = None
+) -> BatchResult:
+    """Run a pipeline as `lamina-batch run` does, resuming from its manifest, and return what happened.
+
+    `pipeline` is a file path (or a `Pipeline` from `load_pipeline`); `options` are the `run` flags
+    (`BatchOptions`); `on_event` gets every `events.*` value as it happens (progress, notices, reports written).
+    Everything local is checked before any request (ConfigError, exit 2 on the command line), then a preflight
+    checks the key and the apps; a run's own failure is recorded, not raised. Blocks until the batch ends; inside
+    a running event loop (Jupyter, async code) use `await run_batch_async(...)`.
+    """
+    options = options or BatchOptions()
+    if _loop_running():
+        raise RuntimeError("run_batch() was called inside a running event loop: use `await run_batch_async(...)`")
+    prepared = _prepare(pipeline, options)
+    with api_target(options.emulator) as target:
+        return asyncio.run(_execute(prepared, options, target, on_event or _ignore))
+
+
+async def run_batch_async(
+    pipeline: PipelineSource, options: BatchOptions | None = None, *, on_event: EventHandler | None = None
+) -> BatchResult:
+    """`run_batch` on the running event loop. The local checks (every template for every row) run on the loop's
+    thread before the first await; `on_event` is called on it too."""
+    options = options or BatchOptions()
+    prepared = _prepare(pipeline, options)
+    with api_target(options.emulator) as target:
+        return await _execute(prepared, options, target, on_event or _ignore)
+
+
+def run_sync(name: str, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """asyncio.run(main()) for the library's blocking calls, with a clear error inside a running loop."""
+    if _loop_running():
+        raise RuntimeError(f"{name}() blocks and cannot run inside a running event loop: call it in a thread")
+    return asyncio.run(main())
+
+
+def write_reports(
+    pipeline: Pipeline,
+    manifest: Manifest,
+    reports: Sequence[tuple[str, str | os.PathLike[str]]],
+    base_dir: Path,
+    emit: EventHandler,
+) -> tuple[tuple[str, Path], ...]:
+    """Write each (format, path) report from the manifest, files resolved against `base_dir`, emitting
+    ReportWritten after each; a markdown report is also appended to `$GITHUB_STEP_SUMMARY` when that is set."""
+    if not reports:
+        return ()
+    from .reports import ReportInput, append_github_summary, render_markdown, write_report
+
+    written: list[tuple[str, Path]] = []
+    for fmt, target in reports:
+        path = Path(target)
+        data = ReportInput(
+            pipeline_name=pipeline.name,
+            step_ids=[s.id for s in pipeline.steps],
+            records=manifest.iter_runs(),
+            base_dir=base_dir,
+        )
+        write_report(fmt, data, path)
+        emit(ReportWritten(fmt, path))
+        if fmt == "markdown" and os.environ.get("GITHUB_STEP_SUMMARY"):
+            append_github_summary(render_markdown(dataclasses.replace(data, records=manifest.iter_runs())), os.environ)
+        written.append((fmt, path))
+    return tuple(written)
+
+
+# --------------------------------------------------------------------------- the steps of one batch
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A pipeline with the options applied and checked locally, and what the check saw for the preflight."""
+
+    pipeline: Pipeline
+    digest: InputDigest
+    shard: tuple[int, int] | None
+    output_dir: Path  # downloads, and what reports resolve file links against
+
+
+def _prepare(source: PipelineSource, options: BatchOptions) -> _Prepared:
+    """Every local check, without a request: the options, the spec, every row, every template of every run."""
+    from .matrix import InputDigest, validate_pipeline
+
+    pipeline = prepare_pipeline(source, options)
+    shard = options.shard_pair
+    digest = InputDigest()
+    validate_pipeline(pipeline, digest=digest, shard=shard)
+    output_dir = Path(options.output_dir or pipeline.path.parent).resolve()
+    return _Prepared(pipeline, digest, shard, output_dir)
+
+
+async def _execute(prepared: _Prepared, options: BatchOptions, target: ApiTarget, emit: EventHandler) -> BatchResult:
+    """Preflight, then the executor over the manifest, then the reports."""
+    from .downloads import Downloader
+    from .executor import Executor
+    from .manifest import Manifest
+
+    pipeline = prepared.pipeline
+    async with make_client(target, pipeline.api, pipeline) as client:
+        await _preflight(prepared, client)
+        output_dir = prepared.output_dir
+        with Manifest.open(pipeline.manifest, pipeline_name=pipeline.name, writer=True) as manifest:
+            downloader = Downloader(output_dir) if pipeline.download is not None else None
+            exec_options = _exec_options(pipeline, options, prepared.shard)
+            executor = Executor(pipeline, manifest, client, exec_options, emit=emit, downloader=downloader)
+            totals = {s.id: prepared.digest.totals.get(s.id, 0) for s in pipeline.steps}
+            try:
+                with _stop_on_signals(executor, enabled=options.handle_signals):
+                    emit(PlanReady(total_runs=sum(totals.values()), by_step=totals))
+                    result = await executor.run()
+            finally:
+                if downloader is not None:
+                    await downloader.aclose()
+            reports = write_reports(pipeline, manifest, options.reports, output_dir, emit)
+    return BatchResult(
+        pipeline_name=pipeline.name,
+        pipeline_path=pipeline.path,
+        manifest=pipeline.manifest,
+        output_dir=output_dir,
+        stop_reason=result.stop_reason,
+        counts=result.counts,
+        not_started=result.not_started,
+        starts=result.starts,
+        download_failures=result.download_failures,
+        fatal_error=result.fatal_error,
+        message=result.message,
+        reports=reports,
+    )
+
+
+async def _preflight(prepared: _Prepared, client: LaminaClient) -> None:
+    """One GET per step's app: the key is accepted, every app exists and takes the rendered inputs."""
+    from .matrix import expand_runs
+    from .preflight import check_apps
+
+    pipeline = prepared.pipeline
+    runs = expand_runs(pipeline, shard=prepared.shard)
+    problems = await check_apps(pipeline, client, runs, digest=prepared.digest)
+    if problems:
+        raise ConfigError(problems)
+
+
+def _exec_options(pipeline: Pipeline, options: BatchOptions, shard: tuple[int, int] | None) -> ExecOptions:
+    from .executor import ExecOptions
+
+    webhook = pipeline.run.webhook
+    return ExecOptions(
+        retry_failed=options.retry_failed,
+        restart_unknown=options.restart_unknown,
+        shard=shard,
+        webhook_url=webhook.url if webhook else None,
+        listen=listen_address(webhook.listen) if webhook else None,
+    )
+
+
+@contextlib.contextmanager
+def _stop_on_signals(executor: Executor, *, enabled: bool) -> Iterator[None]:
+    """With `enabled`, the first SIGINT/SIGTERM asks the executor to stop (it records the runs in flight and
+    returns with that signal as its stop reason); a second one ends the process at once."""
+    if not enabled:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    seen: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        if seen:
+            # asked twice: go now. Every manifest write is a committed transaction, so this loses nothing.
+            os._exit(128 + signum)
+        seen.append(signum)
+        executor.request_stop(StopReason.SIGINT if signum == signal.SIGINT else StopReason.SIGTERM)
+
+    for sig in _SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        yield
+    finally:
+        for sig in _SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _ignore(event: Event) -> None:
+    """The default `on_event`: events are optional to watch."""

@@ -1,0 +1,108 @@
+"""Discovering apps and starting from one: `apps list`, `apps show APP_ID` and `init APP_ID` (a pipeline
+scaffolded from the app's parameters and a CSV's columns).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lamina_batch.cli.common import EXIT_OK, Out, UsageError
+from lamina_batch.cli.parser import Commands, add_emulator_flag
+from lamina_batch.cli.render import parameter_row, table
+
+if TYPE_CHECKING:
+    from lamina_batch.models import AppInfo, AppSummary
+
+_DIALECTS = ("runs", "executions")
+
+
+def register(commands: Commands) -> None:
+    apps = commands.group("apps", "discover apps", dest="apps_command", metavar="list|show")
+    al = apps.add("list", "list apps", cmd_apps_list)
+    al.add_argument("--search", metavar="Q")
+    al.add_argument("--json", action="store_true")
+    al.add_argument("--api", choices=_DIALECTS, default="runs")
+    add_emulator_flag(al)
+    ash = apps.add("show", "an app's parameters and outputs", cmd_apps_show)
+    ash.add_argument("app_id", metavar="APP_ID")
+    ash.add_argument("--json", action="store_true")
+    ash.add_argument("--api", choices=_DIALECTS, default="runs")
+    add_emulator_flag(ash)
+
+    i = commands.add("init", "scaffold a pipeline from an app's parameters", cmd_init)
+    i.add_argument("app_id", metavar="APP_ID")
+    i.add_argument("--csv", type=Path, metavar="FILE", help="map parameters to this CSV's columns")
+    i.add_argument("-o", "--output", type=Path, default=Path("pipeline.yaml"))
+    i.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    i.add_argument("--api", choices=_DIALECTS, default="runs")
+    add_emulator_flag(i)
+
+
+def cmd_apps_list(args: argparse.Namespace, out: Out) -> int:
+    from lamina_batch.target import api_target, make_client
+
+    with api_target(args.emulator) as target:
+
+        async def go() -> list[AppSummary]:
+            async with make_client(target, args.api) as client:
+                return await client.list_apps(search=args.search)
+
+        apps = asyncio.run(go())
+    if args.json:
+        out.result(json.dumps([dataclasses.asdict(a) for a in apps], indent=2))
+    else:
+        rows = [[a.app_id, a.name, (a.description or "")[:60]] for a in apps]
+        out.result(table(rows, ["APP ID", "NAME", "DESCRIPTION"]) if rows else "no apps found")
+    return EXIT_OK
+
+
+def cmd_apps_show(args: argparse.Namespace, out: Out) -> int:
+    app = _get_app(args)
+    if args.json:
+        out.result(json.dumps(dataclasses.asdict(app), indent=2))
+        return EXIT_OK
+    out.result(f"{app.app_id}  {app.name}")
+    if app.description:
+        out.result(app.description)
+    out.result("")
+    out.result(table([parameter_row(p) for p in app.parameters], ["PARAMETER", "TYPE", "REQUIRED/DEFAULT", "VALUES"]))
+    out.result("")
+    out.result(table([[str(o.index), o.label, o.type] for o in app.outputs], ["#", "OUTPUT", "TYPE"]))
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace, out: Out) -> int:
+    from lamina_batch.atomic import write_text_atomic
+    from lamina_batch.matrix import read_csv_header
+    from lamina_batch.scaffold import init_pipeline_yaml
+
+    if args.output.exists() and not args.force:
+        raise UsageError(f"{args.output} exists; pass --force to overwrite or -o to choose another file")
+    columns = read_csv_header(args.csv) if args.csv is not None else None
+    app = _get_app(args)
+    csv_rel = None
+    if args.csv is not None:
+        csv_rel = Path(os.path.relpath(args.csv.resolve(), args.output.resolve().parent))
+    text = init_pipeline_yaml(app, csv_path=csv_rel, csv_columns=columns, dialect=args.api)
+    write_text_atomic(args.output, text)
+    out.result(f"wrote {args.output}; check it with: lamina-batch validate {args.output}")
+    return EXIT_OK
+
+
+def _get_app(args: argparse.Namespace) -> AppInfo:
+    """The app `args.app_id`, from the emulator or the environment's API."""
+    from lamina_batch.target import api_target, make_client
+
+    with api_target(args.emulator) as target:
+
+        async def go() -> AppInfo:
+            async with make_client(target, args.api) as client:
+                return await client.get_app(args.app_id)
+
+        return asyncio.run(go())

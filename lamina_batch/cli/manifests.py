@@ -1,0 +1,89 @@
+"""The commands that read or act on a batch's manifest: `status`, `report`, `cancel` and `merge`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lamina_batch.cli.common import (
+    EXIT_FAILED_RUNS,
+    EXIT_OK,
+    EXIT_STOPPED,
+    Out,
+    UsageError,
+    batch_options,
+)
+from lamina_batch.cli.parser import REPORT_FORMATS, Commands, add_emulator_flag, shard_flag
+
+if TYPE_CHECKING:
+    from lamina_batch.events import Event
+
+
+def register(commands: Commands) -> None:
+    st = commands.add(
+        "status", "counts by state per step and every failure; safe while a run is going", cmd_status, pipeline=True
+    )
+    st.add_argument("--manifest", type=Path)
+    st.add_argument("--shard", type=shard_flag, metavar="I/N")
+
+    rp = commands.add("report", "write results from the manifest", cmd_report, pipeline=True)
+    rp.add_argument("--format", "-f", required=True, choices=REPORT_FORMATS)
+    rp.add_argument("-o", "--output", required=True, type=Path, metavar="PATH")
+    rp.add_argument("--manifest", type=Path)
+
+    c = commands.add("cancel", "cancel remote runs this manifest still has running", cmd_cancel, pipeline=True)
+    c.add_argument("--manifest", type=Path)
+    add_emulator_flag(c)
+
+    m = commands.add("merge", "combine shard manifests", cmd_merge)
+    m.add_argument("sources", nargs="+", type=Path, metavar="MANIFEST")
+    m.add_argument("-o", "--output", required=True, type=Path, metavar="ALL.sqlite")
+
+
+def cmd_status(args: argparse.Namespace, out: Out) -> int:
+    """Exits as a finished `run` would now: 0 all completed, 3 some unfinished, 1 some failed."""
+    from lamina_batch.operations import status
+
+    report = status(args.pipeline, batch_options(args))
+    out.result(report.render_text())
+    if report.all_completed:
+        return EXIT_OK
+    if report.any_unfinished:
+        return EXIT_STOPPED
+    return EXIT_FAILED_RUNS
+
+
+def cmd_report(args: argparse.Namespace, out: Out) -> int:
+    from lamina_batch.events import ReportWritten
+    from lamina_batch.operations import report
+
+    def written(event: Event) -> None:
+        if isinstance(event, ReportWritten):
+            out.info(f"wrote {event.format} report to {event.path}")
+
+    report(args.pipeline, args.format, args.output, batch_options(args), on_event=written)
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace, out: Out) -> int:
+    from lamina_batch.operations import cancel
+    from lamina_batch.spec import load_pipeline
+
+    pipeline = load_pipeline(args.pipeline)
+    outcomes = cancel(pipeline, batch_options(args))
+    for identity, outcome in outcomes:
+        out.info(f"{identity[:12]}: {outcome}")
+    out.result(f"{pipeline.name}: {len(outcomes)} running runs handled")
+    return EXIT_OK
+
+
+def cmd_merge(args: argparse.Namespace, out: Out) -> int:
+    from lamina_batch.manifest import merge_manifests
+
+    for src in args.sources:
+        if not src.exists():
+            raise UsageError(f"{src}: no such manifest")
+    summary = merge_manifests(args.sources, args.output)
+    out.result(f"merged {len(args.sources)} manifests into {args.output}: {summary.runs} runs")
+    return EXIT_OK

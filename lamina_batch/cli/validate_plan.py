@@ -1,0 +1,54 @@
+"""`validate` (every template of every row, optionally against the live apps) and `plan` (what `run` would do),
+both before any money is spent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from lamina_batch.cli.common import EXIT_OK, Out, batch_options
+from lamina_batch.cli.parser import Commands, add_emulator_flag, shard_flag
+
+
+def register(commands: Commands) -> None:
+    v = commands.add(
+        "validate", "check spec, CSV and every template for every row; nothing is sent", cmd_validate, pipeline=True
+    )
+    v.add_argument("--check-apps", action="store_true", help="also check inputs against the live app definitions")
+    add_emulator_flag(v)
+
+    pl = commands.add(
+        "plan", "what `run` would do: new / reused / running / to retry / orphaned", cmd_plan, pipeline=True
+    )
+    pl.add_argument("--json", action="store_true", help="every run with its identity and rendered inputs")
+    pl.add_argument("--manifest", type=Path)
+    pl.add_argument("--retry-failed", action="store_true")
+    pl.add_argument("--restart-unknown", action="store_true")
+    pl.add_argument("--shard", type=shard_flag, metavar="I/N")
+
+
+def cmd_validate(args: argparse.Namespace, out: Out) -> int:
+    from lamina_batch.operations import validate
+
+    summary = validate(args.pipeline, batch_options(args), check_apps=args.check_apps)
+    apps = " (apps checked)" if args.check_apps else ""
+    out.result(
+        f"{args.pipeline}: valid{apps}: {summary.rows} rows, {summary.items} items, "
+        f"{summary.steps} steps, {summary.runs} runs"
+    )
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace, out: Out) -> int:
+    from lamina_batch.operations import plan
+
+    report = plan(args.pipeline, batch_options(args), details=args.json)
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+        return EXIT_OK
+    out.result(report.render_text())
+    return EXIT_OK

@@ -1,0 +1,167 @@
+"""The library twins of the commands around a batch: `validate`, `plan`, `status`, `cancel` and `report` take a
+pipeline (path or `Pipeline`) and `BatchOptions`, return values, raise `errors.*` and never print.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import ConfigError, ManifestError, Problem
+from .options import BatchOptions, PipelineSource, load_for
+
+if TYPE_CHECKING:  # the others are imported where used: each command pays only for what it needs
+    from .batch import EventHandler
+    from .events import Event
+    from .matrix import InputDigest, ValidationSummary
+    from .models import Pipeline
+    from .planner import PlanReport, StatusReport
+
+__all__ = ["cancel", "plan", "report", "status", "validate"]
+
+
+def validate(
+    pipeline: PipelineSource, options: BatchOptions | None = None, *, check_apps: bool = False
+) -> ValidationSummary:
+    """Read every row and render every template of every run, without a request; with `check_apps`, also hold
+    the rendered inputs against the live app definitions (one GET per step's app, on `options.emulator` or the
+    environment's key). Raises ConfigError listing every problem."""
+    from .matrix import InputDigest, validate_pipeline
+
+    options = options or BatchOptions()
+    loaded = load_for(pipeline, options)
+    shard = options.shard_pair
+    digest = InputDigest() if check_apps else None
+    summary = validate_pipeline(loaded, digest=digest, shard=shard)
+    if digest is not None:
+        _check_apps(loaded, digest, options, shard)
+    return summary
+
+
+def plan(pipeline: PipelineSource, options: BatchOptions | None = None, *, details: bool = False) -> PlanReport:
+    """What `run_batch` with these options would do now: per step, the runs it would start (new, to retry), reuse,
+    follow (running remotely) or keep as they are, and why; orphaned manifest runs. Sends nothing and never
+    creates or locks the manifest. `details` lists every run with its identity and rendered inputs."""
+    from .manifest import Manifest
+    from .planner import plan_against_manifest
+
+    options = options or BatchOptions()
+    loaded = load_for(pipeline, options)
+    path = loaded.manifest
+    manifest = Manifest.open(path, pipeline_name=loaded.name, writer=False) if path.exists() else None
+    try:
+        return plan_against_manifest(
+            loaded,
+            manifest,
+            retry_failed=options.retry_failed,
+            restart_unknown=options.restart_unknown,
+            shard=options.shard_pair,
+            details=details,
+        )
+    except ConfigError as e:
+        raise _all_problems(loaded, e) from None
+    finally:
+        if manifest is not None:
+            manifest.close()
+
+
+def status(pipeline: PipelineSource, options: BatchOptions | None = None) -> StatusReport:
+    """Counts by state per step over the planned runs, and every failure with its row and reason; safe while a
+    batch is running. ManifestError if the batch never ran."""
+    from .manifest import Manifest
+    from .planner import status_report
+
+    options = options or BatchOptions()
+    loaded = load_for(pipeline, options)
+    if not loaded.manifest.exists():
+        raise ManifestError(
+            f"{loaded.manifest}: no manifest yet; start the batch with `lamina-batch run {_shown(pipeline)}`"
+        )
+    with Manifest.open(loaded.manifest, pipeline_name=loaded.name, writer=False) as manifest:
+        return status_report(loaded, manifest, shard=options.shard_pair)
+
+
+def cancel(pipeline: PipelineSource, options: BatchOptions | None = None) -> list[tuple[str, str]]:
+    """Cancel every remote run the manifest still has running; (identity, outcome) per run. Blocks (call it in a
+    thread from async code)."""
+    from .batch import run_sync
+    from .manifest import Manifest
+    from .planner import cancel_running
+    from .target import api_target, make_client
+
+    options = options or BatchOptions()
+    loaded = load_for(pipeline, options)
+    if not loaded.manifest.exists():
+        raise ManifestError(f"{loaded.manifest}: no manifest, so nothing to cancel")
+    with api_target(options.emulator) as target:
+
+        async def go() -> list[tuple[str, str]]:
+            async with make_client(target, loaded.api, loaded) as client:
+                with Manifest.open(loaded.manifest, pipeline_name=loaded.name, writer=True) as manifest:
+                    return await cancel_running(loaded, manifest, client)
+
+        return run_sync("cancel", go)
+
+
+def report(
+    pipeline: PipelineSource,
+    fmt: str,
+    path: str | os.PathLike[str],
+    options: BatchOptions | None = None,
+    *,
+    on_event: EventHandler | None = None,
+) -> Path:
+    """Write one report (csv, jsonl, junit, html, markdown) from the manifest to `path`, downloaded files
+    resolved against the pipeline's folder; `on_event` gets its ReportWritten. Returns the path written."""
+    from .batch import write_reports
+    from .manifest import Manifest
+
+    options = options or BatchOptions()
+    loaded = load_for(pipeline, options)
+    if not loaded.manifest.exists():
+        raise ManifestError(
+            f"{loaded.manifest}: no manifest yet; start the batch with `lamina-batch run {_shown(pipeline)}`"
+        )
+    with Manifest.open(loaded.manifest, pipeline_name=loaded.name, writer=False) as manifest:
+        written = write_reports(loaded, manifest, [(fmt, path)], loaded.path.parent.resolve(), on_event or _ignore)
+    return written[0][1]
+
+
+def _check_apps(pipeline: Pipeline, digest: InputDigest, options: BatchOptions, shard: tuple[int, int] | None) -> None:
+    from .batch import run_sync
+    from .matrix import expand_runs
+    from .preflight import check_apps
+    from .target import api_target, make_client
+
+    with api_target(options.emulator) as target:
+
+        async def go() -> list[Problem]:
+            async with make_client(target, pipeline.api, pipeline) as client:
+                return await check_apps(pipeline, client, expand_runs(pipeline, shard=shard), digest=digest)
+
+        problems = run_sync("validate", go)
+    if problems:
+        raise ConfigError(problems)
+
+
+def _all_problems(pipeline: Pipeline, first: ConfigError) -> ConfigError:
+    """A single pass stops at the first bad row; on failure, a full validation pass lists every problem."""
+    from .matrix import validate_pipeline
+
+    try:
+        validate_pipeline(pipeline)
+    except ConfigError as every:
+        return every
+    return first
+
+
+def _ignore(event: Event) -> None:
+    """No one is watching."""
+
+
+def _shown(source: PipelineSource) -> str:
+    """The pipeline as the caller named it (a path as given), for messages that suggest a command."""
+    if isinstance(source, str | os.PathLike):
+        return str(Path(source))
+    return str(source.path)

@@ -1,0 +1,211 @@
+"""`BatchOptions`, the per-invocation choices of a batch (one field per `run` flag), and how they apply to a
+pipeline: overrides of its `run:` block and the manifest a shard writes by default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .errors import ConfigError, OptionError
+from .models import FailureLimit, Pipeline, Rate
+
+if TYPE_CHECKING:
+    from .models import WebhookSettings
+
+__all__ = [
+    "BatchOptions",
+    "PipelineSource",
+    "apply_options",
+    "listen_address",
+    "load_for",
+    "prepare_pipeline",
+    "shard_manifest_path",
+]
+
+T = TypeVar("T")
+
+PipelineSource = Pipeline | str | os.PathLike[str]
+"""A pipeline file's path, or a pipeline already loaded with `load_pipeline`."""
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """What `lamina-batch run` takes besides the pipeline. Each field is the flag of the same name
+    (`max_starts` is `--max-starts`, `reports` is the repeatable `--report`); where the pipeline's `run:` block
+    has the key, a value here overrides it and None keeps the pipeline's. Values may be written as on the
+    command line ("90/min", "15m", "20%", "2/4", "127.0.0.1:8787") or already parsed; a bad one raises
+    OptionError before any row is read or any request sent.
+
+    A new `run` flag is a new field here with the flag's name: the CLI hands every flag to the field of the
+    same name (`cli.common.batch_options`)."""
+
+    manifest: str | os.PathLike[str] | None = None  # default: from the spec, else beside the pipeline
+    output_dir: str | os.PathLike[str] | None = None  # where downloads go; default: the pipeline's folder
+    concurrency: int | None = None
+    rate_limit: str | Rate | None = None  # all API requests together; set, it is a hard cap
+    poll_interval: float | str | None = None  # seconds
+    timeout: float | str | None = None  # seconds per run
+    retry_failed: bool = False  # start again runs that failed / were cancelled / timed out
+    restart_unknown: bool = False  # start again runs whose outcome is unknown
+    max_starts: int | None = None
+    max_failures: str | int | FailureLimit | None = None  # a count (5) or a share of finished runs ("20%")
+    shard: str | tuple[int, int] | None = None  # only the rows of shard I of N, 1-based
+    webhook_url: str | None = None  # the public URL Lamina posts results to
+    listen: str | tuple[str, int] | None = None  # where the webhook receiver binds
+    emulator: bool = False  # run against a Lamina emulator started in-process (free, no API key)
+    reports: Sequence[tuple[str, str | os.PathLike[str]]] = ()  # (format, path): written at the end of the run
+    # SIGINT/SIGTERM stop new starts and record in-flight runs (a second one ends the process at once, with
+    # 128 + the signal's number). Off by default: a library leaves the process's signals to its host.
+    handle_signals: bool = False
+
+    @property
+    def shard_pair(self) -> tuple[int, int] | None:
+        """`shard` as (i, n), checked; OptionError if malformed."""
+        return None if self.shard is None else _shard(self.shard)
+
+
+def prepare_pipeline(source: PipelineSource, options: BatchOptions) -> Pipeline:
+    """The pipeline as `run` uses it: loaded, its manifest chosen, its `run:` block overridden, and every option
+    checked (OptionError) before any row is read or any request sent."""
+    pipeline = apply_options(load_for(source, options), options)
+    _check_reports(options.reports)
+    return pipeline
+
+
+def load_for(source: PipelineSource, options: BatchOptions) -> Pipeline:
+    """The pipeline (loaded if a path) with the manifest `options` choose: `manifest`, else the pipeline's own,
+    with a shard's suffix (`<stem>.shard-I-of-N.lamina.sqlite`) when `shard` is set."""
+    from .spec import load_pipeline
+
+    pipeline = source if isinstance(source, Pipeline) else load_pipeline(Path(source))
+    if options.manifest is not None:
+        pipeline = dataclasses.replace(pipeline, manifest=Path(options.manifest).resolve())
+    return dataclasses.replace(pipeline, manifest=shard_manifest_path(pipeline, options.shard_pair))
+
+
+def shard_manifest_path(pipeline: Pipeline, shard: tuple[int, int] | None) -> Path:
+    """Shards write their own manifest by default: `<stem>.shard-I-of-N.lamina.sqlite`."""
+    if shard is None:
+        return pipeline.manifest
+    name = pipeline.manifest.name
+    i, n = shard
+    suffix = ".lamina.sqlite"
+    if name.endswith(suffix):
+        return pipeline.manifest.with_name(f"{name[: -len(suffix)]}.shard-{i}-of-{n}{suffix}")
+    return pipeline.manifest.with_name(f"{name}.shard-{i}-of-{n}")
+
+
+def apply_options(pipeline: Pipeline, options: BatchOptions) -> Pipeline:
+    """The pipeline with its `run:` block overridden by `options`; OptionError names the first bad value."""
+    from .spec import parse_duration, parse_failure_limit, parse_rate
+
+    changes: dict[str, Any] = {}
+    if options.concurrency is not None:
+        changes["concurrency"] = _at_least_one(options.concurrency, "concurrency")
+    if options.rate_limit is not None:
+        rate = options.rate_limit
+        changes["rate_limit"] = rate if isinstance(rate, Rate) else _parsed(parse_rate, rate, "rate_limit", "90/min")
+        changes["rate_limit_explicit"] = True
+    for name in ("poll_interval", "timeout"):
+        value = getattr(options, name)
+        if value is not None:
+            changes[name] = _parsed(parse_duration, value, name, "90, 90s, 15m, 2h")
+    if options.max_starts is not None:
+        changes["max_starts"] = _at_least_one(options.max_starts, "max_starts")
+    limit = options.max_failures
+    if limit is not None:
+        changes["max_failures"] = (
+            limit
+            if isinstance(limit, FailureLimit)
+            else _parsed(parse_failure_limit, limit, "max_failures", "10 or 20%")
+        )
+    webhook = _webhook(pipeline, options)
+    if webhook is not None:
+        changes["webhook"] = webhook
+    if not changes:
+        return pipeline
+    return dataclasses.replace(pipeline, run=dataclasses.replace(pipeline.run, **changes))
+
+
+def listen_address(listen: str | tuple[str, int]) -> tuple[str, int]:
+    """(host, port) from "HOST:PORT" or a pair; OptionError otherwise."""
+    if isinstance(listen, tuple):
+        host, port = listen
+        text = f"{host}:{port}"
+    else:
+        text = listen
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise OptionError("{0} " + _literal(repr(listen)) + " is not HOST:PORT (e.g. 127.0.0.1:8787)", "listen")
+    return host, int(port_text)
+
+
+def _webhook(pipeline: Pipeline, options: BatchOptions) -> WebhookSettings | None:
+    from .models import WebhookSettings
+
+    if options.webhook_url is None and options.listen is None:
+        return None
+    current = pipeline.run.webhook
+    if options.webhook_url is None and current is None:
+        raise OptionError("{0} needs {1} (the public URL that reaches the receiver)", "listen", "webhook_url")
+    url = options.webhook_url or (current.url if current else "")
+    if options.listen is not None:
+        host, port = listen_address(options.listen)
+        listen = f"{host}:{port}"
+    else:
+        listen = current.listen if current else "127.0.0.1:8787"
+    if not url.startswith(("http://", "https://")):
+        raise OptionError("{0} " + _literal(repr(url)) + " must be an http(s) URL", "webhook_url")
+    return WebhookSettings(url=url, listen=listen)
+
+
+def _check_reports(reports: Sequence[tuple[str, str | os.PathLike[str]]]) -> None:
+    """An unknown report format is refused before the batch, not after it."""
+    if not reports:
+        return
+    from .reports import FORMATS
+
+    for fmt, _ in reports:
+        if fmt not in FORMATS:
+            raise OptionError(
+                "{0} " + _literal(f"{fmt!r}: unknown report format (one of {', '.join(FORMATS)})"), "reports"
+            )
+
+
+def _shard(shard: str | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(shard, tuple):
+        i, n = shard
+    else:
+        try:
+            i_text, n_text = shard.split("/")
+            i, n = int(i_text), int(n_text)
+        except ValueError:
+            raise OptionError("{0} " + _literal(repr(shard)) + " is not I/N (e.g. 2/4)", "shard") from None
+    if not (n >= 1 and 1 <= i <= n):
+        raise OptionError("{0} " + _literal(repr(shard)) + ": need 1 <= I <= N (e.g. 2/4)", "shard")
+    return i, n
+
+
+def _at_least_one(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise OptionError("{0} " + _literal(repr(value)) + " must be a whole number, 1 or more", name)
+    return value
+
+
+def _parsed(parse: Callable[[object], T], value: object, name: str, example: str) -> T:
+    """parse(value), or OptionError naming the option, the value, the parser's reason and an example."""
+    try:
+        return parse(value)
+    except (ConfigError, ValueError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise OptionError("{0} " + _literal(f"{value!r}: {reason} (use e.g. {example})"), name) from None
+
+
+def _literal(text: str) -> str:
+    """`text` inside an OptionError template, where braces are placeholders."""
+    return text.replace("{", "{{").replace("}", "}}")
