@@ -330,7 +330,7 @@ class H11Transport(httpx.AsyncBaseTransport):
                 elif isinstance(event, h11.Data):
                     size += len(event.data)
                     if size > bounds.max_reply:
-                        raise ReplyTooLargeError(f"reply body larger than {_size(bounds.max_reply)}", request=request)
+                        raise ReplyTooLargeError(f"body larger than {_size(bounds.max_reply)}", request=request)
                     chunks.append(bytes(event.data))
                 elif isinstance(event, h11.EndOfMessage):
                     break
@@ -340,7 +340,7 @@ class H11Transport(httpx.AsyncBaseTransport):
             raise httpx.ReadTimeout(f"no reply within {read_timeout} s", request=request) from exc
         except ReplyDeadlineError as exc:
             raise ReplyDeadlineError(
-                f"reply not complete {bounds.deadline:g} s after the request was sent", request=request
+                f"not complete {bounds.deadline:g} s after the request was sent", request=request
             ) from exc
         except h11.RemoteProtocolError as exc:
             raise httpx.RemoteProtocolError(f"malformed reply: {exc}", request=request) from exc
@@ -516,7 +516,7 @@ class HttpxAdapter:
                 finally:
                     await response.aclose()
         except TimeoutError as exc:
-            raise ReplyDeadlineError(f"reply not complete within {total:g} s", request=request) from exc
+            raise ReplyDeadlineError(f"not complete within {total:g} s", request=request) from exc
         except httpx.ConnectError as exc:
             if _cert_failure(exc) is not None and not isinstance(exc, TlsVerifyError):
                 raise TlsVerifyError(f"{_cert_failure(exc)}", request=request) from exc
@@ -540,14 +540,14 @@ async def _read_capped(response: httpx.Response, limit: int, request: httpx.Requ
         pass
     else:
         if len(whole) > limit:
-            raise ReplyTooLargeError(f"reply body larger than {_size(limit)}", request=request)
+            raise ReplyTooLargeError(f"body larger than {_size(limit)}", request=request)
         return whole
     chunks: list[bytes] = []
     size = 0
     async for chunk in response.aiter_raw():
         size += len(chunk)
         if size > limit:
-            raise ReplyTooLargeError(f"reply body larger than {_size(limit)}", request=request)
+            raise ReplyTooLargeError(f"body larger than {_size(limit)}", request=request)
         chunks.append(chunk)
     return b"".join(chunks)
 

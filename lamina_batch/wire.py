@@ -439,11 +439,11 @@ def error_from_transport(
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout):
         return ConnectError(f"could not connect to {where} ({reason})", **kw)
     if isinstance(exc, ReplyDeadlineError):
-        return ReadTimeoutError(f"reply not complete in time ({reason})", **kw)
+        return ReadTimeoutError(f"reply too slow ({scrub(str(exc))})", **kw)
     if isinstance(exc, httpx.ReadTimeout):
         return ReadTimeoutError(f"no reply in time ({reason})", **kw)
     if isinstance(exc, ReplyTooLargeError):
-        return ServerError(f"reply refused ({reason})", **kw)
+        return ServerError(f"reply refused: {scrub(str(exc))} (Lamina's replies are a few KiB)", **kw)
     if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
         return ApiError(f"request could not be sent ({reason})", **kw)
     if isinstance(exc, httpx.DecodingError):
