@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -347,3 +352,69 @@ def test_throttle_logs_one_line_per_interval_and_counts_the_rest(caplog: pytest.
     now[0] = 31.0
     throttle.warning("refused")
     assert [r.getMessage() for r in caplog.records] == ["refused", "refused (and 999 more in the last 31 s)"]
+
+
+SERVE_WITH_FEW_DESCRIPTORS = """
+import asyncio, resource, sys
+from lamina_batch.httpd import HttpServer, Limits, Reply
+
+async def main() -> None:
+    limits = Limits(max_connections=1000, idle_timeout=None, request_timeout=None)
+    async with HttpServer(lambda r: Reply(200, b"ok", "text/plain"), "127.0.0.1", 0, limits=limits) as server:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
+        print(server.port, flush=True)
+        loop = asyncio.get_running_loop()
+        while (await loop.run_in_executor(None, sys.stdin.readline)).strip() == "count":
+            print(server.stats.accept_errors, flush=True)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_NOFILE as Linux applies it")
+def test_running_out_of_descriptors_pauses_accepting_with_one_log_line() -> None:
+    """A server at its process's descriptor limit (40) with 120 connections waiting: accept fails again and
+    again (it pauses a second each time), which is logged as one line, never a traceback; once descriptors are
+    free again a new connection is served."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVE_WITH_FEW_DESCRIPTORS],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdin is not None
+        port = int(proc.stdout.readline())
+
+        def accept_errors() -> int:
+            proc.stdin.write("count\n")  # type: ignore[union-attr]
+            proc.stdin.flush()  # type: ignore[union-attr]
+            return int(proc.stdout.readline())  # type: ignore[union-attr]
+
+        waiting = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(120)]
+        deadline = time.monotonic() + 20
+        while accept_errors() < 3 and time.monotonic() < deadline:  # EMFILE, a pause, again, again
+            time.sleep(0.1)
+        errors = accept_errors()
+        for sock in waiting:
+            sock.close()
+        deadline = time.monotonic() + 20
+        served = b""
+        while time.monotonic() < deadline and not served.startswith(b"HTTP/1.1 200"):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                served = sock.recv(1024)
+            time.sleep(0.2)
+        _, stderr = proc.communicate("stop\n", timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert served.startswith(b"HTTP/1.1 200")
+    assert errors >= 3
+    assert "Traceback" not in stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1, lines
+    assert "HTTP server: cannot accept connections (Too many open files)" in lines[0]
