@@ -516,6 +516,8 @@ class HttpxAdapter:
                 finally:
                     await response.aclose()
         except TimeoutError as exc:
+            if total is None:
+                raise
             raise ReplyDeadlineError(f"not complete within {total:g} s", request=request) from exc
         except httpx.ConnectError as exc:
             if _cert_failure(exc) is not None and not isinstance(exc, TlsVerifyError):
