@@ -18,6 +18,7 @@ from urllib.parse import quote
 import httpx
 
 from lamina_batch import wire
+from lamina_batch.crash import crashpoint
 from lamina_batch.errors import (
     ApiError,
     ConfigError,
@@ -261,10 +262,9 @@ class LaminaClient:
         *,
         outputs: list[str] | tuple[str, ...] | None = None,
         webhook: str | None = None,
-        after_send: AfterSend | None = None,
     ) -> RemoteRun:
         """Start one run. Retried only when nothing was sent or on 429; a lost reply is UnknownOutcomeError.
-        `after_send` is called each time the request has been written, before its reply is read."""
+        Once the request is written, before its reply is read, the crash point "after-send" fires."""
         body: dict[str, Any] = {"inputs": dict(inputs)}
         if outputs is not None:
             body["outputs"] = list(outputs)
@@ -276,7 +276,6 @@ class LaminaClient:
             params=params,
             body=body,
             phase="start",
-            after_send=after_send,
         )
 
     async def get_run(self, run_id: str) -> RemoteRun:
@@ -359,9 +358,9 @@ class LaminaClient:
         phase: Phase = "idempotent",
         read_timeout: float | None = None,
         hold: float = 0.0,
-        after_send: AfterSend | None = None,
     ) -> T:
         request = self._build(method, path, params, body)
+        after_send = _start_sent if phase == "start" else None
 
         async def attempt() -> T:
             try:
@@ -450,6 +449,11 @@ class LaminaClient:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _start_sent() -> None:
+    # A start is on the wire and its reply unread: the window where only the write-ahead intent accounts for it.
+    crashpoint("after-send")
 
 
 def _outcome_unknown(exc: ApiError) -> bool:

@@ -8,15 +8,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-import os
 import random
-import signal
 from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .crash import crashpoint
 from .downloads import guess_ext
 from .errors import (
     ApiError,
@@ -85,43 +84,6 @@ _LIST_PAGE = 100
 # Executions API, while the request budget binds: the first status poll waits for this quantile of the app's
 # learned durations (not the median), so about one run in twenty needs a second poll instead of one in two.
 LATE_FIRST_POLL_QUANTILE = 0.95
-
-# --------------------------------------------------------------------------- crash points (kill -9 tests)
-
-_CRASH_ENV = "LAMINA_BATCH_CRASHPOINT"
-_crash_spec: tuple[str, int] | None = None
-_crash_loaded = False
-_crash_hits: Counter[str] = Counter()
-
-
-def _parse_crashpoint(value: str | None) -> tuple[str, int] | None:
-    if not value:
-        return None
-    name, sep, nth = value.partition(":")
-    if not sep:
-        return name, 1
-    try:
-        return name, max(1, int(nth))
-    except ValueError:
-        return name, 1
-
-
-def crashpoint(name: str) -> None:
-    """SIGKILL this process the N-th time `name` is hit when LAMINA_BATCH_CRASHPOINT is `name` or `name:N`.
-
-    Points: before-intent, after-intent, after-reply (reply received, remote id not yet committed),
-    before-download. The variable is read once, so an unset one costs a comparison.
-    """
-    global _crash_spec, _crash_loaded
-    if not _crash_loaded:
-        _crash_spec = _parse_crashpoint(os.environ.get(_CRASH_ENV))
-        _crash_loaded = True
-    if _crash_spec is None or _crash_spec[0] != name:
-        return
-    _crash_hits[name] += 1
-    if _crash_hits[name] >= _crash_spec[1]:
-        os.kill(os.getpid(), signal.SIGKILL)
-
 
 # --------------------------------------------------------------------------- public values
 
@@ -768,6 +730,7 @@ class Executor:
         # app is adopted): on the executions API a lost id would make the run `unknown`, so it commits at once.
         defer = self._c.supports_list
         self._m.set_remote_id(run.identity, remote.run_id, remote, defer=defer)
+        crashpoint("after-id")
         if defer:
             self._schedule_flush()
         self._starts += 1

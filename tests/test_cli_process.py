@@ -1,163 +1,33 @@
-"""The real `lamina-batch` process against the emulator: kill -9, crash points, signals, locks, exit codes."""
+"""The real `lamina-batch` process against the emulator: signals, locks, exit codes, guards, outages, cancel, and
+what reaches its reports, manifest and output. Crash tests (kill -9) are in test_crash.py."""
 
 from __future__ import annotations
 
-import os
-import random
+import json
 import signal
-import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from helpers import (
+    StreamLines,
+    assert_exactly_once,
+    cli_env,
+    cli_process,
+    manifest_states,
+    run_cli,
+    start_cli,
+    wait_for,
+    write_pipeline,
+)
 
 from lamina_batch.emulator import Emulator
-
-COLOURS = ["red", "blue", "green", "black", "white", "navy", "beige", "grey"]
-
-
-def write_pipeline(
-    folder: Path,
-    rows: int,
-    *,
-    banner: bool = True,
-    download: bool = False,
-    concurrency: int = 8,
-    extra_run: str = "",
-) -> Path:
-    """A hero (+ banner) pipeline over `rows` inline rows keyed by sku."""
-    lines = ["version: 1", "name: crash", "matrix:", "  key: sku", "  rows:"]
-    for i in range(rows):
-        lines.append(f"    - {{sku: S{i:03d}, name: Item {i}, colour: {COLOURS[i % len(COLOURS)]}}}")
-    lines += [
-        "steps:",
-        "  - id: hero",
-        "    app: app_7Hk2",
-        "    inputs:",
-        '      Prompt: "Studio photo of {{ row.name }} in {{ row.colour }}"',
-    ]
-    if banner:
-        lines += [
-            "  - id: banner",
-            "    app: app_9Qx1",
-            "    needs: [hero]",
-            "    inputs:",
-            '      Product Image: "{{ steps.hero.output }}"',
-            '      Headline: "{{ row.name }}"',
-        ]
-    if download:
-        lines += ["download:", '  path: "out/{{ row.sku }}/{{ step.id }}{{ output.ext }}"']
-    lines += ["run:", f"  concurrency: {concurrency}", "  rate_limit: 100/s", "  poll_interval: 1s", extra_run]
-    path = folder / "pipeline.yaml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
-
-
-def cli_env(emu: Emulator, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAMINA_", "COV_", "GITHUB_STEP"))}
-    env.update(LAMINA_BASE_URL=emu.base_url, LAMINA_API_KEY=emu.key, PYTHONUNBUFFERED="1")
-    env.update(extra)
-    return env
-
-
-def start_cli(pipeline: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "lamina_batch", "run", str(pipeline), "--no-progress", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def run_cli(pipeline: Path, env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lamina_batch", "run", str(pipeline), "--no-progress", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
-def manifest_states(pipeline: Path) -> dict[str, int]:
-    db = sqlite3.connect(f"file:{pipeline.parent / 'pipeline.lamina.sqlite'}?mode=ro", uri=True)
-    try:
-        return dict(db.execute("SELECT state, count(*) FROM runs GROUP BY state").fetchall())
-    finally:
-        db.close()
-
-
-def assert_exactly_once(emu: Emulator, runs: int) -> None:
-    assert emu.stats.duplicate_starts() == {}
-    assert emu.stats.starts == runs
-
-
-def kill_loop(pipeline: Path, env: dict[str, str], rng: random.Random, kills: int) -> int:
-    """Start the CLI and SIGKILL it at a random moment, `kills` times; return how many kills landed."""
-    landed = 0
-    for _ in range(kills):
-        proc = start_cli(pipeline, env)
-        time.sleep(rng.uniform(0.2, 2.2))
-        if proc.poll() is None:
-            proc.kill()
-            landed += 1
-        proc.communicate(timeout=30)
-        if proc.returncode == 0:
-            break
-    return landed
-
-
-def test_kill_minus_nine_at_random_moments_never_pays_twice(
-    tmp_path: Path, make_emulator: Callable[..., Emulator]
-) -> None:
-    """20+ SIGKILLs at seeded random moments, then a resume: all 60 runs complete with one start each."""
-    emu = make_emulator(duration=(0.6, 1.6), queued=0.05)
-    pipeline = write_pipeline(tmp_path, 30)
-    env = cli_env(emu)
-    landed = kill_loop(pipeline, env, random.Random(20261128), kills=22)
-    final = run_cli(pipeline, env)
-    assert final.returncode == 0, final.stderr
-    assert landed >= 5  # the loop really interrupted the batch
-    assert manifest_states(pipeline) == {"completed": 60}
-    assert_exactly_once(emu, 60)
-
-
-@pytest.mark.slow
-def test_kill_minus_nine_soak(tmp_path: Path, make_emulator: Callable[..., Emulator]) -> None:
-    """The long kill loop: 80 SIGKILLs over a 120-run batch, still exactly one start per run."""
-    # Runs long enough (and few enough in flight) that the batch outlives the loop: every kill lands mid-batch.
-    emu = make_emulator(duration=(2.0, 6.0), queued=0.05, seed=7)
-    pipeline = write_pipeline(tmp_path, 60, concurrency=3)
-    env = cli_env(emu)
-    landed = kill_loop(pipeline, env, random.Random(7), kills=80)
-    assert landed == 80
-    final = run_cli(pipeline, env, timeout=300)
-    assert final.returncode == 0, final.stderr
-    assert manifest_states(pipeline) == {"completed": 120}
-    assert_exactly_once(emu, 120)
-
-
-@pytest.mark.parametrize("point", ["before-intent", "after-intent", "after-reply", "before-download"])
-def test_named_crash_points_resume_without_duplicates(
-    point: str, tmp_path: Path, make_emulator: Callable[..., Emulator]
-) -> None:
-    """A SIGKILL at each named crash point, then a resume: every run completes, none started twice."""
-    emu = make_emulator(duration=(0.05, 0.2))
-    pipeline = write_pipeline(tmp_path, 6, download=True)
-    env = cli_env(emu)
-    crashed = run_cli(pipeline, cli_env(emu, LAMINA_BATCH_CRASHPOINT=f"{point}:3"))
-    assert crashed.returncode == -signal.SIGKILL
-    final = run_cli(pipeline, env)
-    assert final.returncode == 0, final.stderr
-    assert manifest_states(pipeline) == {"completed": 12}
-    assert_exactly_once(emu, 12)
-    files = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "out").rglob("*.png"))
-    assert len(files) == 12
+from lamina_batch.executor import START_GRACE
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -169,9 +39,7 @@ def test_signal_exits_with_its_code_and_resumes(
     pipeline = write_pipeline(tmp_path, 8, banner=False, concurrency=4)
     env = cli_env(emu)
     proc = start_cli(pipeline, env)
-    deadline = time.monotonic() + 20
-    while emu.stats.starts < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: emu.stats.starts >= 2, 20, "2 starts")
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=20)  # hangs past this are failures, not slowness
     assert proc.returncode == code, err
@@ -191,9 +59,7 @@ def test_second_run_on_the_same_manifest_exits_3_naming_the_holder(
     env = cli_env(emu)
     first = start_cli(pipeline, env)
     try:
-        deadline = time.monotonic() + 20
-        while emu.stats.starts < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: emu.stats.starts >= 1, 20, "a start")
         second = run_cli(pipeline, env)
         assert second.returncode == 3
         assert f"pid {first.pid}" in second.stderr
@@ -291,18 +157,23 @@ def test_max_starts_guard_exits_3_and_resumes(tmp_path: Path, emulator: Emulator
 def test_sixty_second_outage_mid_batch_costs_no_run(
     drop: bool, tmp_path: Path, make_emulator: Callable[..., Emulator]
 ) -> None:
-    """A 60 s outage (every API request 503, or its connection dropped) mid-batch: every run completes, once."""
+    """A 60 s outage mid-batch (503s or dropped connections, seen in the request log): every run completes, once."""
     emu = make_emulator(duration=(1.0, 2.0))
     pipeline = write_pipeline(tmp_path, 12)
-    proc = start_cli(pipeline, cli_env(emu))
-    deadline = time.monotonic() + 30
-    while emu.stats.starts < 6 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    emu.set_outage(True, drop=drop)
-    time.sleep(60)
-    emu.set_outage(False)
-    _, err = proc.communicate(timeout=180)
-    assert proc.returncode == 0, err
+    with cli_process(pipeline, cli_env(emu)) as proc:
+        wait_for(lambda: emu.stats.starts >= 6, 30, "6 starts")
+        assert emu.stats.starts < 24  # mid-batch
+        emu.set_outage(True, drop=drop)
+        began, logged = time.monotonic(), len(emu.stats.requests)
+
+        def refused() -> int:
+            return sum(1 for r in emu.stats.requests[logged:] if (r.dropped if drop else r.status == 503))
+
+        # the outage lasts 60 s and really meets the CLI: several of its requests refused
+        wait_for(lambda: time.monotonic() - began >= 60 and refused() >= 3, 90, "60 s of outage meeting the CLI")
+        emu.set_outage(False)
+        assert proc.poll() is None  # it waited the outage out
+        assert proc.wait(timeout=180) == 0
     assert manifest_states(pipeline) == {"completed": 24}
     assert_exactly_once(emu, 24)
 
@@ -315,9 +186,7 @@ def test_cancel_stops_the_runs_an_interrupted_batch_left_running(
     pipeline = write_pipeline(tmp_path, 3, banner=False)
     env = cli_env(emu)
     proc = start_cli(pipeline, env)
-    deadline = time.monotonic() + 20
-    while emu.stats.starts < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: emu.stats.starts >= 3, 20, "3 starts")
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=20)
     assert manifest_states(pipeline) == {"running": 3}
@@ -342,3 +211,110 @@ def test_cancel_stops_the_runs_an_interrupted_batch_left_running(
         check=False,
     )
     assert status.returncode == 1
+
+
+def test_reports_are_written_at_the_end_of_an_interrupted_run(
+    tmp_path: Path, make_emulator: Callable[..., Emulator]
+) -> None:
+    """README: `--report` files are written at the end of an interrupted run too, listing the runs left running."""
+    emu = make_emulator(duration=(30.0, 30.0))
+    pipeline = write_pipeline(tmp_path, 4, concurrency=2)
+    reports = {fmt: tmp_path / "reports" / f"r.{fmt}" for fmt in ("csv", "jsonl", "html", "junit", "markdown")}
+    flags = [arg for fmt, path in reports.items() for arg in ("--report", f"{fmt}={path}")]
+    proc = start_cli(pipeline, cli_env(emu), *flags)
+    wait_for(lambda: emu.stats.starts >= 2, 20, "2 starts")
+    wait_for(lambda: manifest_states(pipeline).get("running") == 2, 20, "2 runs recorded running")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert all(path.stat().st_size > 0 for path in reports.values()), err
+    lines = [json.loads(line) for line in reports["jsonl"].read_text(encoding="utf-8").splitlines()]
+    assert sorted((r["state"], r["remote_id"]) for r in lines) == sorted(("running", i) for i in emu.run_ids())
+    csv_text = reports["csv"].read_text(encoding="utf-8")
+    assert all(run_id in csv_text for run_id in emu.run_ids())
+
+
+def test_a_second_ctrl_c_exits_at_once(tmp_path: Path, make_emulator: Callable[..., Emulator]) -> None:
+    """README: a second Ctrl-C exits at once, not waiting for a start in flight; the resume pays nothing twice."""
+    emu = make_emulator(duration=(0.05, 0.2))
+    arrived, release = threading.Event(), threading.Event()
+
+    def hold(app_id: str, inputs: dict[str, Any]) -> None:  # the first start gets no reply until released
+        if not arrived.is_set():
+            arrived.set()
+            release.wait(60)
+
+    emu.on_start(hold)
+    pipeline = write_pipeline(tmp_path, 3, banner=False)
+    proc = start_cli(pipeline, cli_env(emu))
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    out, err = StreamLines(proc.stdout), StreamLines(proc.stderr)
+    try:
+        wait_for(arrived.is_set, 30, "the first start")
+        proc.send_signal(signal.SIGINT)
+        wait_for(lambda: "press again" in err.text(), 20, "the first Ctrl-C's message")
+        proc.send_signal(signal.SIGINT)
+        # the start is still unanswered; without the second Ctrl-C the CLI would give it START_GRACE (5 s)
+        assert proc.wait(timeout=START_GRACE - 1) == 130
+        assert not release.is_set()
+    finally:
+        release.set()
+        proc.kill()
+        proc.wait(30)
+    out.finish()
+    text = err.finish()
+    assert "Interrupted: run the same command again" not in text  # it did not take the orderly way out
+    assert "Traceback" not in text
+    assert manifest_states(pipeline) == {"submitting": 1}
+    emu.on_start(None)
+    final = run_cli(pipeline, cli_env(emu))
+    assert final.returncode == 0, final.stderr
+    assert_exactly_once(emu, 3)
+
+
+def test_the_api_key_reaches_no_manifest_report_or_output(
+    tmp_path: Path, make_emulator: Callable[..., Emulator]
+) -> None:
+    """README: the API key (accepted or rejected) reaches no manifest, report, download or output, --verbose too."""
+    key = "lma_SeCrEtKeY_4f2b9c81d7e6a5"
+    emu = make_emulator(key=key)
+    pipeline = write_pipeline(tmp_path, 3, download=True)
+    text = pipeline.read_text().replace("{sku: S001, name: Item 1", "{sku: S001, name: '[[fail]] Item 1'")
+    pipeline.write_text(text)
+    env = cli_env(emu)
+    flags = [
+        arg
+        for fmt in ("csv", "jsonl", "html", "junit", "markdown")
+        for arg in ("--report", f"{fmt}={tmp_path / f'r.{fmt}'}")
+    ]
+    env["GITHUB_STEP_SUMMARY"] = str(tmp_path / "step-summary.md")
+    outputs = [run_cli(pipeline, env, "--verbose", *flags)]
+    assert outputs[0].returncode == 1, outputs[0].stderr
+    for command in (
+        ["status", str(pipeline)],
+        ["report", str(pipeline), "--format", "jsonl", "-o", str(tmp_path / "again.jsonl")],
+    ):
+        outputs.append(
+            subprocess.run(
+                [sys.executable, "-m", "lamina_batch", *command, "--verbose"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+                cwd=tmp_path,
+            )
+        )
+    wrong = "lma_WrOnGkEy_0a1b2c3d4e5f"
+    outputs.append(run_cli(pipeline, cli_env(emu, LAMINA_API_KEY=wrong), "--verbose"))
+    assert outputs[-1].returncode == 2
+    for res in outputs:
+        for secret in (key, wrong):
+            assert secret not in res.stdout + res.stderr, res.args
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert {p.suffix for p in files} >= {".sqlite", ".csv", ".jsonl", ".html", ".junit", ".markdown", ".png", ".md"}
+    for path in files:
+        data = path.read_bytes()
+        for secret in (key, wrong):
+            assert secret.encode() not in data, path

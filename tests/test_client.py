@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -37,6 +37,7 @@ from lamina_batch.errors import (
 )
 from lamina_batch.models import Dialect, Rate
 from lamina_batch.retry import RetryBudget, RetryPolicy
+from lamina_batch.transport import H11Transport, RawReply, Target
 
 KEY = "lma_SECRET_key_123"
 BASE = "https://lamina.test"
@@ -857,7 +858,7 @@ def test_emulator_full_lifecycle(emulator: Emu, dialect: Dialect) -> None:
         started = await c.start("app_7Hk2", {"Prompt": "a mug"})
         assert started.run_id
         remote = started
-        for _ in range(100):
+        for _ in range(100):  # a poll with a deadline (5 s): get_run (executions) answers at once
             remote = await c.wait(started.run_id, timeout=5)
             if remote.terminal:
                 break
@@ -960,3 +961,42 @@ def test_emulator_injected_429_is_retried(make_emulator: Callable[..., Emu]) -> 
     assert emu.stats.sent_429 > 0
     assert client.stats.rate_limited == emu.stats.sent_429
     assert emu.stats.starts == 1
+
+
+class HookRecorder(H11Transport):
+    """The default transport, noting for every request whether the client passed an `after_send` hook."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hooked: list[tuple[str, bool]] = []
+
+    async def send(
+        self,
+        method: bytes,
+        target: Target,
+        path: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        timeouts: Mapping[str, float | None],
+        **bounds: Any,
+    ) -> RawReply:
+        hooked = bounds.get("after_send") is not None
+        self.hooked.append((f"{method.decode()} {path.decode().partition('?')[0]}", hooked))
+        return await super().send(method, target, path, headers, body, timeouts, **bounds)
+
+
+@pytest.mark.parametrize("dialect", ["runs", "executions"])
+def test_only_a_start_request_carries_the_after_send_hook(emulator: Emu, dialect: Dialect) -> None:
+    """The client passes the transport its after-send hook (crash point "after-send") for starts only."""
+    transport = HookRecorder()
+
+    async def go(c: LaminaClient) -> None:
+        await c.get_app("app_7Hk2")
+        started = await c.start("app_7Hk2", {"Prompt": "a mug"})
+        await c.wait(started.run_id, timeout=5)
+        await c.get_run(started.run_id)
+
+    run(using(live(emulator, dialect, transport=transport), go))
+    hooked = [request for request, hook in transport.hooked if hook]
+    assert len(transport.hooked) == 4
+    assert hooked == [f"POST {'/v1/apps/app_7Hk2/runs' if dialect == 'runs' else '/api/apps/app_7Hk2/executions'}"]

@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
+import random
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -19,9 +25,11 @@ import httpx
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from helpers import wait_for, wait_for_async
 
 from lamina_batch.emulator import Emulator, EmulatorConfig, Faults, banner, serve
 from lamina_batch.emulator.png import COLOURS
+from lamina_batch.emulator.server import epoch_ms, iso
 
 MakeEmu = Callable[..., Emulator]
 HERO = "app_7Hk2"
@@ -39,10 +47,24 @@ def start(c: httpx.Client, app: str = HERO, inputs: dict[str, Any] | None = None
 
 
 def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
+    wait_for(cond, timeout)
+
+
+def status_when(c: httpx.Client, rid: str, status: str) -> dict[str, Any]:
+    """The run's status body, polled until it reads `status`."""
+    seen: dict[str, Any] = {}
+
+    def reads() -> bool:
+        seen.update(c.get(f"/v1/runs/{rid}").json()["data"])
+        return seen["status"] == status
+
+    until(reads)
+    return seen
+
+
+def now_iso() -> str:
+    """The current time as the emulator's timestamps show it (milliseconds, Z)."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # ---- catalogue, auth, dialects ------------------------------------------------------------------
@@ -187,7 +209,7 @@ def test_output_selection_and_required_false_without_default(emulator: Emulator)
 
 def test_lifecycle_queued_running_completed(make_emulator: MakeEmu) -> None:
     """A run goes queued -> running -> completed with Z timestamps and output URLs only at the end."""
-    emu = make_emulator(duration=0.3, queued=0.15)
+    emu = make_emulator(duration=0.3, queued=0.3)
     with api(emu) as c:
         data = start(c)
         rid = data["runId"]
@@ -196,15 +218,11 @@ def test_lifecycle_queued_running_completed(make_emulator: MakeEmu) -> None:
         s = c.get(f"/v1/runs/{rid}").json()["data"]
         assert s["status"] == "queued"
         assert s["startedAt"] is None
-        time.sleep(0.2)
-        s = c.get(f"/v1/runs/{rid}").json()["data"]
-        assert s["status"] == "running"
+        s = status_when(c, rid, "running")
         assert s["startedAt"].endswith("Z")
         assert s["completedAt"] is None
         assert s["outputs"][0]["value"] is None
-        time.sleep(0.35)
-        s = c.get(f"/v1/runs/{rid}").json()["data"]
-        assert s["status"] == "completed"
+        s = status_when(c, rid, "completed")
         assert s["errorMessage"] is None
         assert s["createdAt"] < s["startedAt"] < s["completedAt"]
         out = s["outputs"][0]
@@ -256,6 +274,8 @@ def test_wait_returns_when_cancelled(make_emulator: MakeEmu) -> None:
     with api(emu) as c:
         rid = start(c)["runId"]
     result: dict[str, Any] = {}
+    waiting = threading.Event()
+    emu.on_result_request(lambda run_id: waiting.set())
 
     def waiter() -> None:
         with api(emu) as c2:
@@ -264,7 +284,7 @@ def test_wait_returns_when_cancelled(make_emulator: MakeEmu) -> None:
     th = threading.Thread(target=waiter)
     t0 = time.monotonic()
     th.start()
-    time.sleep(0.2)
+    until(waiting.is_set)  # the /wait is held before the cancel arrives
     with api(emu) as c:
         c.post(f"/v1/runs/{rid}/cancel")
     th.join(5)
@@ -277,9 +297,8 @@ def test_list_runs_filters_and_pagination(make_emulator: MakeEmu) -> None:
     emu = make_emulator(duration=30.0)
     with api(emu) as c:
         first = [start(c, inputs={"Prompt": f"p{i}"})["runId"] for i in range(3)]
-        since = time.time()
-        time.sleep(0.01)
-        later = [start(c, "app_5Tx4", {"Product Name": f"n{i}"})["runId"] for i in range(2)]
+        later_runs = [start(c, "app_5Tx4", {"Product Name": f"n{i}"}) for i in range(2)]
+        later = [r["runId"] for r in later_runs]
         c.post(f"/v1/runs/{first[0]}/cancel")
         page = c.get("/v1/runs").json()
         assert [r["runId"] for r in page["data"]] == [*reversed(later), *reversed(first)]
@@ -289,9 +308,10 @@ def test_list_runs_filters_and_pagination(make_emulator: MakeEmu) -> None:
         assert [r["runId"] for r in c.get("/v1/runs", params={"appId": HERO}).json()["data"]] == first[::-1]
         cancelled = c.get("/v1/runs", params={"status": "cancelled"}).json()
         assert [r["runId"] for r in cancelled["data"]] == [first[0]]
-        ms = int(since * 1000) + 1  # just after `since` (rounding could land before the last early run)
-        since_iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
-        assert [r["runId"] for r in c.get("/v1/runs", params={"since": since_iso}).json()["data"]] == later[::-1]
+        since = later_runs[0]["createdAt"]  # first[-1] may share its millisecond: then it is listed too
+        expected = [r["runId"] for r in page["data"] if r["createdAt"] >= since]
+        assert expected[:2] == later[::-1]
+        assert [r["runId"] for r in c.get("/v1/runs", params={"since": since}).json()["data"]] == expected
         p2 = c.get("/v1/runs", params={"limit": 2, "offset": 2}).json()
         assert [r["runId"] for r in p2["data"]] == [first[2], first[1]]
         assert p2["pagination"] == {"total": 5, "limit": 2, "offset": 2}
@@ -307,7 +327,7 @@ def test_cancel_idempotent_and_terminal_unchanged(make_emulator: MakeEmu) -> Non
         a = c.post(f"/v1/runs/{rid}/cancel")
         assert a.status_code == 200
         assert a.json()["data"]["status"] == "cancelled"
-        time.sleep(0.01)
+        until(lambda: now_iso() > a.json()["data"]["completedAt"])  # a second cancel would now stamp a later time
         b = c.post(f"/v1/runs/{rid}/cancel").json()["data"]
         assert b == a.json()["data"]
         assert c.post("/v1/runs/run_nope/cancel").status_code == 404
@@ -326,7 +346,7 @@ def test_stats_counts_duplicates_and_peak(make_emulator: MakeEmu) -> None:
         start(c, inputs={"Aspect Ratio": "1:1", "Prompt": "a"})
         start(c, inputs={"Prompt": "b"})
         assert emu.stats.peak_active == 3
-        time.sleep(0.4)
+        until(lambda: all((emu.run_status(i) or {})["status"] == "completed" for i in emu.run_ids()))
         start(c, inputs={"Prompt": "c"})
     assert emu.stats.starts == 4
     assert emu.stats.peak_active == 3
@@ -447,8 +467,7 @@ def test_rate_limit_headers_and_429(make_emulator: MakeEmu) -> None:
         assert body["retryable"] is True
         assert body["retryAfter"] == 1
         assert emu.stats.sent_429 == 1
-        time.sleep(0.55)
-        assert c.get("/v1/apps").status_code == 200
+        until(lambda: c.get("/v1/apps").status_code == 200)  # the next window opens within 0.5 s
 
 
 # ---- faults -------------------------------------------------------------------------------------
@@ -593,10 +612,7 @@ def test_serve_announces_and_answers() -> None:
     async def main() -> None:
         lines: list[str] = []
         task = asyncio.create_task(serve(EmulatorConfig(key="lma_k", rate_limit=None), lines.append))
-        for _ in range(200):
-            if lines:
-                break
-            await asyncio.sleep(0.01)
+        await wait_for_async(lambda: lines, 5, "the banner line")
         assert lines[0].startswith("Lamina emulator on http://127.0.0.1:")
         assert lines[0].endswith("(key lma_k)")
         url = lines[0].split(" ")[3]
@@ -752,7 +768,7 @@ def test_webhook_signed_delivery(emulator: Emulator, receiver_factory: Callable[
         assert not _verifies(key, headers, body.replace(b"completed", b"c0mpleted"))
         bad_ts = {**headers, "x-lamina-webhook-timestamp": str(int(headers["x-lamina-webhook-timestamp"]) + 1)}
         assert not _verifies(key, bad_ts, body)
-    time.sleep(0.1)
+    until(lambda: emulator.stats.webhooks_settled == 1)
     assert emulator.stats.webhooks_delivered == 1
     assert emulator.stats.webhooks_failed == 0
 
@@ -766,8 +782,7 @@ def test_webhook_retries_failed_delivery(make_emulator: MakeEmu, receiver_factor
         k = _public_keys(c)[0][1]
         r1 = start(c, params={"webhook": ok_after_one.url})["runId"]
         start(c, params={"webhook": never_ok.url})
-        until(lambda: len(ok_after_one.deliveries) == 2 and len(never_ok.deliveries) == 4)
-        time.sleep(0.2)
+        until(lambda: emu.stats.webhooks_settled == 2)  # both deliveries are over: delivered, or given up
     assert len(never_ok.deliveries) == 4
     assert len(ok_after_one.deliveries) == 2
     assert all(_verifies(k, h, b) for h, b in ok_after_one.deliveries + never_ok.deliveries)
@@ -808,3 +823,103 @@ def test_webhook_rotated_keys_and_cancel(make_emulator: MakeEmu, receiver_factor
         assert [_verifies(k, h, body) for _, k in keys] == [False, True]
         assert emu.rotate_webhook_key() == "lamina-webhook-v3"
         assert len(_public_keys(c)) == 3
+
+
+# ---- since at millisecond resolution, test-only controls -------------------------------------------------------
+
+
+def test_list_runs_since_a_runs_own_created_at_lists_it(make_emulator: MakeEmu) -> None:
+    """`since` equal to a run's createdAt lists it and every later run: none made in that millisecond is lost."""
+    emu = make_emulator(duration=30.0)
+    with api(emu) as c:
+        made = [start(c, inputs={"Prompt": f"p{i}"}) for i in range(12)]
+        for i, run in enumerate(made):
+            listed = [r["runId"] for r in c.get("/v1/runs", params={"since": run["createdAt"]}).json()["data"]]
+            assert listed[: len(made) - i] == [r["runId"] for r in reversed(made[i:])]
+            older = {r["runId"] for r in made[:i] if r["createdAt"] < run["createdAt"]}
+            assert not older & set(listed)
+
+
+def test_epoch_ms_is_the_millisecond_created_at_shows() -> None:
+    """epoch_ms (what `since` is compared with) is the millisecond createdAt shows, also where it rounded up."""
+    rng = random.Random(5)
+    edge = [math.nextafter(1764950400.234, 0), math.nextafter(1764950401.0, 0), 1764950401.0004999]
+    for ts in edge + [1764950400 + rng.random() * 86400 for _ in range(2000)]:
+        shown = datetime.fromisoformat(str(iso(ts)).replace("Z", "+00:00"))
+        assert epoch_ms(ts) == (shown - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1), ts
+    assert iso(edge[0]) == "2025-12-05T16:00:00.234Z"  # shown one millisecond above the float it was made at
+    assert epoch_ms(edge[0]) == 1764950400234
+
+
+def test_kill_on_start_kills_the_client_before_the_reply_of_its_nth_run(emulator: Emulator) -> None:
+    """kill_on_start(pid, n) SIGKILLs pid once the n-th run exists, before its reply is written; one kill only."""
+    code = (
+        "import sys, httpx\n"
+        "sys.stdin.readline()\n"
+        "with httpx.Client(base_url=sys.argv[1], headers={'x-api-key': sys.argv[2]}) as c:\n"
+        "    for i in range(3):\n"
+        "        r = c.post('/v1/apps/app_7Hk2/runs', json={'inputs': {'Prompt': f'p{i}'}})\n"
+        "        print(r.status_code, flush=True)\n"
+    )
+    client = subprocess.Popen(
+        [sys.executable, "-c", code, emulator.base_url, emulator.key],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    emulator.kill_on_start(client.pid, 2)
+    out, _ = client.communicate("go\n", timeout=60)
+    assert client.returncode == -signal.SIGKILL
+    assert out == "202\n"  # the first reply arrived; the second run was created but its reply never read
+    assert emulator.stats.starts == 2
+    assert emulator.stats.kills == 1
+    with api(emulator) as c:
+        for _ in range(3):
+            start(c)  # disarmed after the kill: nothing else happens
+    assert emulator.stats.kills == 1
+
+
+def test_cancel_kill_disarms_and_arming_needs_a_positive_count(emulator: Emulator) -> None:
+    """cancel_kill() disarms kill_on_start; a count below 1 is refused."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        emulator.kill_on_start(sleeper.pid, 1)
+        emulator.cancel_kill()
+        with api(emulator) as c:
+            start(c)
+        assert sleeper.poll() is None
+        assert emulator.stats.kills == 0
+        with pytest.raises(ValueError, match="at least 1"):
+            emulator.kill_on_start(sleeper.pid, 0)
+    finally:
+        sleeper.kill()
+        sleeper.communicate(timeout=30)
+
+
+def test_start_hook_runs_before_the_run_exists(emulator: Emulator) -> None:
+    """on_start(hook) sees each valid start's app and inputs before its run exists; on_start(None) removes it."""
+    seen: list[tuple[str, dict[str, Any], int]] = []
+    emulator.on_start(lambda app_id, inputs: seen.append((app_id, inputs, len(emulator.run_ids()))))
+    with api(emulator) as c:
+        start(c, inputs={"Prompt": "a"})
+        start(c, "app_5Tx4", {"Product Name": "b"})
+        assert c.post(f"/v1/apps/{HERO}/runs", json={"inputs": {"Nope": "x"}}).status_code == 400
+        emulator.on_start(None)
+        start(c, inputs={"Prompt": "c"})
+    assert seen == [(HERO, {"Prompt": "a"}, 0), ("app_5Tx4", {"Product Name": "b"}, 1)]
+
+
+def test_result_hook_runs_for_status_and_wait_requests_before_the_answer(emulator: Emulator) -> None:
+    """on_result_request(hook) sees the run id of every status and /wait request, and of nothing else."""
+    seen: list[str] = []
+    emulator.on_result_request(seen.append)
+    with api(emulator) as c:
+        rid = start(c)["runId"]
+        c.get(f"/v1/runs/{rid}")
+        c.get(f"/v1/runs/{rid}/wait", params={"timeout": 5})
+        c.get(f"/api/executions/{rid}")
+        c.get("/v1/runs")
+        c.post(f"/v1/runs/{rid}/cancel")
+        emulator.on_result_request(None)
+        c.get(f"/v1/runs/{rid}")
+    assert seen == [rid, rid, rid]

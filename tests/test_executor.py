@@ -31,7 +31,6 @@ from lamina_batch.executor import (
     RunResult,
     StopReason,
     _Interrupted,
-    _parse_crashpoint,
     _Pool,
     parse_timestamp,
 )
@@ -770,14 +769,6 @@ def test_download_failure_keeps_run_completed(tmp_path: Path, manifest: Manifest
 
 
 # --------------------------------------------------------------------------- small pieces
-
-
-def test_crashpoint_spec_parsing() -> None:
-    """LAMINA_BATCH_CRASHPOINT accepts `name` (first hit) and `name:N` (N-th hit)."""
-    assert _parse_crashpoint(None) is None
-    assert _parse_crashpoint("") is None
-    assert _parse_crashpoint("after-intent") == ("after-intent", 1)
-    assert _parse_crashpoint("after-reply:3") == ("after-reply", 3)
 
 
 def test_parse_timestamp_accepts_z_and_naive() -> None:

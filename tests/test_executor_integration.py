@@ -11,6 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from helpers import wait_for_async
+
 from lamina_batch.client import LaminaClient
 from lamina_batch.emulator import Emulator, Faults
 from lamina_batch.executor import ExecOptions, Executor, RunResult, StopReason
@@ -126,16 +128,24 @@ def test_error_storms_fail_no_run(make_emulator: Callable[..., Emulator], tmp_pa
 
 
 def test_outage_mid_batch_costs_no_run(make_emulator: Callable[..., Emulator], tmp_path: Path) -> None:
-    """A few seconds of 503 for everything mid-batch: every run still completes, none twice."""
+    """503 for everything mid-batch until the executor met it 4 times: every run still completes, none twice."""
     emu = make_emulator(duration=(0.5, 1.0))
+    refused: list[int] = []
 
     async def outage() -> None:
-        await asyncio.sleep(0.4)
+        await wait_for_async(lambda: emu.stats.starts >= 4, 20, "4 starts")
+        logged = len(emu.stats.requests)
         emu.set_outage(True)
-        await asyncio.sleep(2.0)
+
+        def met() -> int:
+            return sum(1 for r in emu.stats.requests[logged:] if r.status == 503)
+
+        await wait_for_async(lambda: met() >= 4, 30, "4 requests refused")
         emu.set_outage(False)
+        refused.append(met())
 
     result = execute(write(tmp_path, names(12), concurrency=4), emu, tmp_path, during=outage)
+    assert refused[0] >= 4  # the outage happened, and the executor ran into it
     assert result.counts == {RunState.COMPLETED: 12}
     assert emu.stats.duplicate_starts() == {}
 
@@ -212,10 +222,7 @@ def test_sigint_mid_batch_then_resume_pays_nothing_twice(
             with Manifest.open(tmp_path / "it.sqlite", pipeline_name="it", writer=True) as manifest:
                 executor = Executor(pipeline, manifest, client, ExecOptions())
                 task = asyncio.create_task(executor.run())
-                for _ in range(500):
-                    if emu.stats.starts >= 3:
-                        break
-                    await asyncio.sleep(0.02)
+                await wait_for_async(lambda: emu.stats.starts >= 3, 10, "3 starts")
                 executor.request_stop(StopReason.SIGINT)
                 result = await asyncio.wait_for(task, 5)
                 stopped.set()

@@ -615,3 +615,37 @@ def test_a_malformed_proxy_url_is_one_config_error_without_the_password(monkeypa
         default_transport("https://app.uselamina.ai", 8)
     assert "pw5ecret" not in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_after_send_runs_once_the_request_is_written_and_before_its_reply_is_read() -> None:
+    """send(after_send=hook) calls hook once, after the request is written and before its reply is read."""
+    hooked = asyncio.Event()
+    calls: list[int] = []
+
+    async def after_hook(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> None:
+        await asyncio.wait_for(hooked.wait(), 5)  # the hook fires without the reply: it is not waiting for it
+        await reply()(reader, writer, request)
+
+    def hook() -> None:
+        calls.append(len(server.requests))  # how many requests the server had whole when it ran
+        hooked.set()
+
+    async def go() -> None:
+        transport = H11Transport()
+        url = httpx.URL(server.url)
+        target = Target.of(url)
+        limits = {"connect": 5.0, "read": 5.0, "pool": 5.0}
+        raw = await transport.send(b"POST", target, b"/start", [], b"{}", limits, after_send=hook)
+        assert raw.status == 200
+        plain = await transport.send(b"GET", target, b"/status", [], b"", limits)
+        assert plain.status == 200
+        assert calls == [0]  # once, for the request that asked; called before the server had read it
+        await transport.aclose()
+
+    server = Server(after_hook)
+
+    async def main() -> None:
+        async with server:
+            await go()
+
+    run(main())

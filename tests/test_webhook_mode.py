@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from helpers import wait_for
 
 from lamina_batch.cli import main
 from lamina_batch.client import LaminaClient
@@ -159,11 +160,8 @@ def test_forged_delivery_is_refused_and_a_replay_is_processed_once(
 
     def attack() -> None:
         try:
-            deadline = time.monotonic() + 30
-            delivered: list[str] = []
-            while not delivered and time.monotonic() < deadline:
-                delivered = [a.run_id for a in emu.stats.webhook_log if a.ok]
-                time.sleep(0.02)
+            wait_for(lambda: any(a.ok for a in emu.stats.webhook_log), 30, "a genuine delivery")
+            delivered = [a.run_id for a in emu.stats.webhook_log if a.ok]
             live = [rid for rid in emu.run_ids() if (emu.run_status(rid) or {}).get("status") in ("queued", "running")]
             assert delivered, "no genuine delivery arrived"
             assert live, "no run left running to forge a result for"
@@ -357,3 +355,41 @@ def test_listener_under_many_slow_connections_and_few_descriptors(tmp_path: Path
     assert len(runs) == 12
     assert {r.state for r in runs} == {RunState.COMPLETED}
     assert emu.stats.duplicate_starts() == {}
+
+
+def test_webhook_grace_defaults_to_twice_the_median_duration_and_at_least_60_s(
+    tmp_path: Path, make_emulator: MakeEmulator
+) -> None:
+    """README: the webhook grace before polling is twice the app's median duration, at least 60 s."""
+    # The injected sleep records each wait and returns at once.
+    emu = make_emulator(p_webhook_drop=1.0)  # no delivery ever arrives: every run waits out its grace
+    manifest_file = tmp_path / "p.lamina.sqlite"
+    port = free_port()
+    options = ExecOptions(webhook_url=f"http://127.0.0.1:{port}/hook", listen=("127.0.0.1", port))
+
+    def batch(rows: int) -> tuple[RunResult, list[float]]:
+        waits: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            waits.append(seconds)
+            await asyncio.sleep(0)
+
+        async def go() -> RunResult:
+            pipeline = load_pipeline(write_pipeline(tmp_path / "p.yaml", rows))
+            async with LaminaClient(emu.base_url, emu.key, "runs", rate=Rate(1000, 1)) as client:
+                with Manifest.open(manifest_file, pipeline_name="hooks", writer=True) as manifest:
+                    return await Executor(pipeline, manifest, client, options, sleep=sleep).run()
+
+        return asyncio.run(go()), waits
+
+    first, waits = batch(4)
+    assert first.counts == {RunState.COMPLETED: 4}
+    assert waits == [60.0] * 4  # runs of ~0.1 s: twice the median is far below the 60 s floor
+    conn = sqlite3.connect(manifest_file)
+    with conn:
+        conn.execute("UPDATE runs SET remote_duration = 45.0")  # as if every earlier run had taken 45 s
+    conn.close()
+    second, waits = batch(8)
+    assert second.counts == {RunState.COMPLETED: 8}
+    assert waits == [90.0] * 4
+    assert emu.stats.webhooks_dropped == 8

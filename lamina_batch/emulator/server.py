@@ -5,11 +5,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import hmac
 import json
 import math
+import os
 import random
+import signal
 import threading
 import time
 from collections import Counter
@@ -50,6 +53,12 @@ def iso(ts: float | None) -> str | None:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def epoch_ms(ts: float) -> int:
+    """The millisecond `iso(ts)` shows (microseconds rounded as datetime rounds them, then cut), as an integer."""
+    when = datetime.fromtimestamp(ts, UTC)
+    return int(when.replace(microsecond=0).timestamp()) * 1000 + when.microsecond // 1000
+
+
 @dataclass(frozen=True)
 class RequestLogEntry:
     """One request as the emulator saw it; `status` 0 and `dropped` when closed without a reply."""
@@ -88,7 +97,9 @@ class EmulatorStats:
         self.webhooks_delivered = 0
         self.webhooks_failed = 0
         self.webhooks_dropped = 0
+        self.webhooks_settled = 0  # runs whose delivery is over: delivered, given up after retries, or dropped
         self.credits_spent = 0.0
+        self.kills = 0  # SIGKILLs sent by `Emulator.kill_on_start`
 
     @property
     def requests(self) -> list[RequestLogEntry]:
@@ -140,6 +151,7 @@ class _Run:
         "app",
         "cancelled_at",
         "created",
+        "created_ms",
         "end_at",
         "fail_message",
         "id",
@@ -170,6 +182,7 @@ class _Run:
         self.inputs_json = canonical_inputs(inputs)
         self.outputs = outputs
         self.created = created
+        self.created_ms = epoch_ms(created)
         self.start_at = start_at
         self.end_at = end_at
         self.fail_message = fail_message
@@ -231,6 +244,10 @@ class EmulatorCore:
         self._server: HttpServer | None = None
         self._http_ready: asyncio.Future[httpx.AsyncClient] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Test-only controls, set through `Emulator` methods in the same process; no request can reach them.
+        self.start_hook: Callable[[str, dict[str, Any]], None] | None = None
+        self.result_hook: Callable[[str], None] | None = None
+        self.kill_at: list[int] | None = None  # [pid, runs still to be created before the kill]
 
     # ---- lifecycle of the server ------------------------------------------------------------------
 
@@ -424,10 +441,13 @@ class EmulatorCore:
             case ["v1", "runs"] if m == "GET":
                 return self._list_runs(req, h)
             case ["v1", "runs", run_id] if m == "GET":
+                self._result_requested(run_id)
                 return self._status(run_id, "runId", h)
             case ["api", "executions", run_id] if m == "GET":
+                self._result_requested(run_id)
                 return self._status(run_id, "executionId", h)
             case ["v1", "runs", run_id, "wait"] if m == "GET":
+                self._result_requested(run_id)
                 return self._wait(req, run_id, h)
             case ["v1", "runs", run_id, "cancel"] if m == "POST":
                 return self._cancel(run_id, h)
@@ -478,6 +498,8 @@ class EmulatorCore:
         inputs, labels, problems = validate_start_body(app, body)
         if problems:
             return self._validation(f"Invalid inputs for {app.name}", problems, h)
+        if self.start_hook is not None:
+            self.start_hook(app.app_id, inputs)
         if self.credits_remaining is not None:
             if self.credits_remaining < app.credits:
                 return self._error(
@@ -488,6 +510,7 @@ class EmulatorCore:
                 )
             self.credits_remaining -= app.credits
         run = self._create(app, inputs, labels, webhook, id_field)
+        self._kill_if_armed()
         faults = self.faults
         if faults.p_lost_start_reply and self._fault_rng.random() < faults.p_lost_start_reply:
             return DROP
@@ -528,6 +551,23 @@ class EmulatorCore:
         if webhook is not None and self._loop is not None:
             run.webhook_handle = self._loop.call_later(run.end_at - now, self._terminal, run, id_field)
         return run
+
+    def _kill_if_armed(self) -> None:
+        """`Emulator.kill_on_start`: a run was just created and its reply is not written yet."""
+        armed = self.kill_at
+        if armed is None:
+            return
+        armed[1] -= 1
+        if armed[1] > 0:
+            return
+        self.kill_at = None
+        self.stats.kills += 1
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(armed[0], signal.SIGKILL)
+
+    def _result_requested(self, run_id: str) -> None:
+        if self.result_hook is not None:
+            self.result_hook(run_id)
 
     def _track_active(self, run: _Run, now: float) -> None:
         ends = self._ends
@@ -645,8 +685,9 @@ class EmulatorCore:
         if status is not None and status not in STATUSES:
             problems.append({"field": "status", "message": f"must be one of {', '.join(STATUSES)}"})
         app_id = q.get("appId") or None
-        since: float | None = None
+        since: int | None = None
         if q.get("since"):
+            # compared at the millisecond `createdAt` shows: a run made in the same millisecond is never lost
             since = _parse_since(q["since"])
             if since is None:
                 problems.append({"field": "since", "message": "must be an ISO-8601 timestamp"})
@@ -669,7 +710,7 @@ class EmulatorCore:
         matched: list[dict[str, Any]] = []
         total = 0
         for run in reversed(self._order):
-            if since is not None and run.created < since:
+            if since is not None and run.created_ms < since:
                 break  # creation order is monotonic: nothing older can match
             if app_id is not None and run.app.app_id != app_id:
                 continue
@@ -715,6 +756,12 @@ class EmulatorCore:
         return await asyncio.shield(self._http_ready)
 
     async def _deliver(self, run: _Run, id_field: str) -> None:
+        try:
+            await self._deliver_attempts(run, id_field)
+        finally:
+            self.stats.webhooks_settled += 1
+
+    async def _deliver_attempts(self, run: _Run, id_field: str) -> None:
         url = run.webhook
         assert url is not None
         if self.config.p_webhook_drop and self._fault_rng.random() < self.config.p_webhook_drop:
@@ -755,10 +802,11 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-def _parse_since(v: str) -> float | None:
+def _parse_since(v: str) -> int | None:
+    """`since` (ISO-8601, or epoch seconds) as epoch milliseconds, or None when it is neither."""
     try:
-        return float(v)
-    except ValueError:
+        return epoch_ms(float(v))
+    except (ValueError, OverflowError, OSError):
         pass
     try:
         dt = datetime.fromisoformat(v.replace("Z", "+00:00").replace(" ", "+"))
@@ -766,7 +814,7 @@ def _parse_since(v: str) -> float | None:
         return None
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
+    return int(dt.replace(microsecond=0).timestamp()) * 1000 + dt.microsecond // 1000
 
 
 class Emulator:
@@ -878,6 +926,30 @@ class Emulator:
 
     def run_ids(self) -> list[str]:
         return self._core.run_ids()
+
+    # ---- test-only controls: in-process calls only, off until called, never reachable over HTTP ----------
+
+    def kill_on_start(self, pid: int, nth: int = 1) -> None:
+        """SIGKILL process `pid` when the `nth` run from now is created, before that start's reply is written:
+        the client dies with the run created remotely and its reply unread. One arming, one kill (counted in
+        `stats.kills`); arming again replaces it, `cancel_kill()` disarms."""
+        if nth < 1:
+            raise ValueError("nth must be at least 1")
+        self._core.kill_at = [pid, nth]
+
+    def cancel_kill(self) -> None:
+        """Disarm `kill_on_start`."""
+        self._core.kill_at = None
+
+    def on_start(self, hook: Callable[[str, dict[str, Any]], None] | None) -> None:
+        """Call `hook(app_id, inputs)` on the emulator's thread for every valid start request, when it arrives
+        and before its run is created (None removes it). The hook must not raise; it may block briefly."""
+        self._core.start_hook = hook
+
+    def on_result_request(self, hook: Callable[[str], None] | None) -> None:
+        """Call `hook(run_id)` on the emulator's thread for every status or /wait request, when it arrives and
+        before it is answered (None removes it). The hook must not raise; it may block briefly."""
+        self._core.result_hook = hook
 
     def with_config(self, **changes: Any) -> Emulator:
         """A new (not started) emulator with some config fields changed."""
