@@ -18,11 +18,13 @@
         |   +-- RateLimitedError          429; .retry_after seconds
         |   +-- ServerError               500 / 503 / other 5xx
         |   +-- ConnectError              nothing was sent (DNS, refused, connect timeout)
-        |   +-- ReadTimeoutError          a GET whose reply did not come in time
+        |   +-- ReadTimeoutError          a reply that did not come (or did not end) in time
+        |   +-- ConnectionLostError       the connection broke after the request was sent
         +-- BatchFatalError               stop every new start; exit 3
         |   +-- AuthError                 401 (missing or rejected key)
         |   +-- ForbiddenError            403
         |   +-- InsufficientCreditsError  the account is out of credits
+        |   +-- EndpointError             the base URL is no usable Lamina API: TLS verification failed, a redirect
         +-- RunFatalError                 this run cannot succeed as asked
         |   +-- InputValidationError      400 VALIDATION_ERROR (with .details)
         |   +-- NotFoundError             404
@@ -198,7 +200,11 @@ class ConnectError(TransientError):
 
 
 class ReadTimeoutError(TransientError):
-    """An idempotent request whose reply did not arrive in time."""
+    """A reply that did not arrive, or did not finish arriving, in time."""
+
+
+class ConnectionLostError(TransientError):
+    """The connection broke after the request was sent (reset, protocol error): resend only if idempotent."""
 
 
 class BatchFatalError(ApiError):
@@ -215,6 +221,11 @@ class ForbiddenError(BatchFatalError):
 
 class InsufficientCreditsError(BatchFatalError):
     """The account has no credits left for this run."""
+
+
+class EndpointError(BatchFatalError):
+    """The base URL does not lead to a usable Lamina API: its TLS certificate failed verification (nothing was
+    sent), or it answered with a redirect (never followed: a redirected POST could be replayed elsewhere)."""
 
 
 class RunFatalError(ApiError):

@@ -1,18 +1,25 @@
-"""H11Transport: the httpx transport LaminaClient sends its API requests over: asyncio connections kept alive
-in a small pool, with h11 (httpx's own HTTP/1.1 engine) doing the protocol. Also `default_transport()`,
-which picks it, or httpx's transport when a proxy is configured.
+"""The raw transport LaminaClient sends its API requests over: `send()` takes method, target, path, headers and
+body and returns status, headers and body, with no httpx Request/Response per call. Two implementations:
+`H11Transport` (asyncio connections kept alive in a small pool, h11 doing the protocol) and `HttpxAdapter`
+(any httpx transport behind the same call: httpx.MockTransport in tests, httpx's own behind a proxy).
+`default_transport()` picks one.
 
-Why not httpx's transport: at 100 runs in flight its connection pool and the AsyncClient layers cost ~4.3 ms
-CPU a run (start + /wait) against ~1.4 ms here, and CPU is what bounds the executor (DESIGN.md §6; measured on
-the emulator, README "Performance"). LaminaClient calls `send()` (target, headers, body in; status, headers,
-body out), which skips building an httpx Request and Response per call; `handle_async_request` serves anyone
-else through the standard httpx interface. What it leaves out, on purpose: proxies (`default_transport` hands
-those to httpx), HTTP/2, streaming bodies (API replies are small JSON; downloads use httpx). Errors come out as
-httpx's exceptions, so the client's mapping does not depend on the transport:
+Why not httpx's transport by default: at 100 runs in flight its connection pool and the AsyncClient layers cost
+several times the CPU a run of H11Transport does, and CPU is what bounds the executor (DESIGN.md §6; measured on
+the emulator, README "Performance"). What H11Transport leaves out, on purpose: proxies (`default_transport` hands
+those to httpx), HTTP/2, streaming bodies (API replies are small JSON; downloads use httpx).
+
+Both bound a reply: at most `max_reply` bytes of body (MAX_REPLY: Lamina's replies are kilobytes) and, once the
+request is written, a `deadline` in seconds for the whole reply besides the read timeout between bytes. Errors
+come out as httpx's exceptions (or ours, subclassing them), so the client's mapping does not depend on the
+transport:
 
     connection refused / DNS / TLS failure -> httpx.ConnectError     (nothing was sent)
+      certificate verification failed      -> TlsVerifyError         (nothing was sent; not transient)
     connect timeout                        -> httpx.ConnectTimeout   (nothing was sent)
     no reply byte within the read timeout  -> httpx.ReadTimeout      (sent; outcome unknown)
+    reply not complete within the deadline -> ReplyDeadlineError     (sent; outcome unknown)
+    reply body over max_reply              -> ReplyTooLargeError     (sent; outcome unknown)
     connection lost or malformed reply     -> httpx.RemoteProtocolError / httpx.ReadError (sent; unknown)
     no free connection within pool timeout -> httpx.PoolTimeout      (nothing was sent)
 
@@ -27,8 +34,8 @@ import ssl
 import time
 import urllib.request
 from collections import deque
-from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple, cast
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, NamedTuple, Protocol, cast
 from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]  # missing from typeshed
 
 import h11
@@ -38,6 +45,21 @@ from lamina_batch.errors import ConfigError, Problem
 
 _Key = tuple[str, str, int]
 _LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+MAX_REPLY = 4 * 1024 * 1024  # bytes of reply body; Lamina's replies are kilobytes
+Timeouts = Mapping[str, float | None]  # httpx's keys: connect, read (between bytes), write, pool
+AfterSend = Callable[[], object]
+
+
+class TlsVerifyError(httpx.ConnectError):
+    """The server's TLS certificate failed verification: nothing was sent, and trying again will not help."""
+
+
+class ReplyTooLargeError(httpx.TransportError):
+    """The reply body passed the transport's `max_reply`; the connection was closed without reading the rest."""
+
+
+class ReplyDeadlineError(httpx.ReadTimeout):
+    """The reply had not fully arrived `deadline` seconds after the request was written (a server trickling it)."""
 
 
 class Target(NamedTuple):
@@ -103,8 +125,9 @@ class _Connection(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def next_event(self, read_timeout: float | None) -> Any:
-        """The next h11 event of the reply, waiting (at most `read_timeout` between bytes) for more data."""
+    async def next_event(self, read_timeout: float | None, deadline: float | None) -> Any:
+        """The next h11 event of the reply, waiting (at most `read_timeout` between bytes, and never past the
+        loop time `deadline`) for more data: TimeoutError or ReplyDeadlineError when either passes."""
         while True:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
@@ -112,10 +135,21 @@ class _Connection(asyncio.Protocol):
             if self.lost:
                 raise ConnectionResetError(f"connection closed by the server ({self._error or 'no reason'})")
             loop = asyncio.get_running_loop()
+            wait, by_deadline = read_timeout, False
+            if deadline is not None:
+                left = deadline - loop.time()
+                if left <= 0:
+                    raise ReplyDeadlineError("the reply did not finish arriving before the deadline")
+                if wait is None or left < wait:
+                    wait, by_deadline = left, True
             self._waiter = waiter = loop.create_future()
-            timer = None if read_timeout is None else loop.call_later(read_timeout, _expire, waiter)
+            timer = None if wait is None else loop.call_later(wait, _expire, waiter)
             try:
                 await waiter
+            except TimeoutError:
+                if by_deadline:
+                    raise ReplyDeadlineError("the reply did not finish arriving before the deadline") from None
+                raise
             finally:
                 self._waiter = None
                 if timer is not None:
@@ -142,6 +176,19 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_exception(TimeoutError())
 
 
+class _Bounds(NamedTuple):
+    """What one exchange may take (reply size, deadline) and who hears of it (after_send, httpx's request)."""
+
+    max_reply: int
+    deadline: float | None
+    after_send: AfterSend | None
+    request: httpx.Request | None
+
+
+def _size(n: int) -> str:
+    return f"{n / (1024 * 1024):g} MiB" if n >= 1024 * 1024 else f"{n} bytes"
+
+
 class H11Transport(httpx.AsyncBaseTransport):
     """Keeps up to `max_connections` connections per host; an idle one older than `keepalive_expiry` seconds is
     closed rather than reused: servers drop idle connections (Node.js, for one, after 5 s), and a start sent on
@@ -157,11 +204,13 @@ class H11Transport(httpx.AsyncBaseTransport):
         max_connections: int = 128,
         verify: ssl.SSLContext | bool = True,
         keepalive_expiry: float = 4.0,
+        max_reply: int = MAX_REPLY,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._max = max(1, max_connections)
         self._verify = verify
         self._expiry = keepalive_expiry
+        self._max_reply = max_reply
         self._clock = clock
         self._ssl: ssl.SSLContext | None = None
         self._idle: dict[_Key, list[_Connection]] = {}
@@ -187,7 +236,7 @@ class H11Transport(httpx.AsyncBaseTransport):
             headers,
             await request.aread(),
             request.extensions.get("timeout", {}),
-            request,
+            _Bounds(self._max_reply, None, None, request),
         )
         return httpx.Response(
             reply.status,
@@ -204,16 +253,19 @@ class H11Transport(httpx.AsyncBaseTransport):
         path: bytes,
         headers: list[tuple[bytes, bytes]],
         body: bytes,
-        timeouts: Mapping[str, float | None],
-        after_send: Callable[[], None] | None = None,
+        timeouts: Timeouts,
+        *,
+        deadline: float | None = None,
+        max_reply: int | None = None,
+        after_send: AfterSend | None = None,
     ) -> RawReply:
         """One request without httpx's Request/Response objects (LaminaClient's path: building those cost
         ~0.15 ms CPU a request). `headers` are sent as given after Host; Content-Length is added for a body.
-        `after_send` is called once the request is handed to the socket, before any of its reply is read (the
-        client passes one for starts: the crash point between "sent" and "reply read").
-        Fails with the same httpx exceptions as handle_async_request (their `request` is None)."""
-        headers = [(b"Host", target.netloc), *headers]
-        return await self._request(method, target, path, headers, body, timeouts, None, after_send)
+        `deadline`: seconds from the request being written to the reply's last byte; `max_reply`: the body cap
+        (default: the transport's). `after_send` is called once the request is written, before the reply is
+        read. Fails with the same httpx exceptions as handle_async_request (their `request` is None)."""
+        bounds = _Bounds(self._max_reply if max_reply is None else max_reply, deadline, after_send, None)
+        return await self._request(method, target, path, [(b"Host", target.netloc), *headers], body, timeouts, bounds)
 
     async def _request(
         self,
@@ -222,18 +274,17 @@ class H11Transport(httpx.AsyncBaseTransport):
         path: bytes,
         headers: list[tuple[bytes, bytes]],
         body: bytes,
-        timeouts: Mapping[str, float | None],
-        request: httpx.Request | None,
-        after_send: Callable[[], None] | None = None,
+        timeouts: Timeouts,
+        bounds: _Bounds,
     ) -> RawReply:
         if self._closed:
             raise RuntimeError("H11Transport is closed")
         if body and not any(k.lower() == b"content-length" for k, _ in headers):
             headers.append((b"Content-Length", str(len(body)).encode()))
         key: _Key = (target.scheme, target.host, target.port)
-        conn = await self._acquire(key, request, timeouts)
+        conn = await self._acquire(key, bounds.request, timeouts)
         try:
-            reply = await self._exchange(conn, method, path, headers, body, timeouts.get("read"), request, after_send)
+            reply = await self._exchange(conn, method, path, headers, body, timeouts.get("read"), bounds)
         except BaseException:
             conn.close()  # half a request/reply on it: never reusable
             self._release(key, conn)
@@ -249,9 +300,9 @@ class H11Transport(httpx.AsyncBaseTransport):
         headers: list[tuple[bytes, bytes]],
         body: bytes,
         read_timeout: float | None,
-        request: httpx.Request | None,
-        after_send: Callable[[], None] | None = None,
+        bounds: _Bounds,
     ) -> RawReply:
+        request = bounds.request
         try:
             data = conn.h11.send(h11.Request(method=method, target=path, headers=headers))
             if body:
@@ -262,19 +313,24 @@ class H11Transport(httpx.AsyncBaseTransport):
         if conn.transport is None or conn.lost:
             raise httpx.ReadError("connection closed before the request was written", request=request)
         conn.transport.write(data)
-        if after_send is not None:
-            after_send()
+        deadline = None if bounds.deadline is None else asyncio.get_running_loop().time() + bounds.deadline
+        if bounds.after_send is not None:
+            bounds.after_send()
         status = 0
         reply_headers: list[tuple[bytes, bytes]] = []
         chunks: list[bytes] = []
+        size = 0
         try:
             while True:
-                event = await conn.next_event(read_timeout)
+                event = await conn.next_event(read_timeout, deadline)
                 if isinstance(event, h11.Response):
                     status, reply_headers = event.status_code, list(event.headers)
                 elif isinstance(event, h11.InformationalResponse):
                     continue
                 elif isinstance(event, h11.Data):
+                    size += len(event.data)
+                    if size > bounds.max_reply:
+                        raise ReplyTooLargeError(f"body larger than {_size(bounds.max_reply)}", request=request)
                     chunks.append(bytes(event.data))
                 elif isinstance(event, h11.EndOfMessage):
                     break
@@ -282,6 +338,10 @@ class H11Transport(httpx.AsyncBaseTransport):
                     raise ConnectionResetError("connection closed before the reply was complete")
         except TimeoutError as exc:
             raise httpx.ReadTimeout(f"no reply within {read_timeout} s", request=request) from exc
+        except ReplyDeadlineError as exc:
+            raise ReplyDeadlineError(
+                f"not complete {bounds.deadline:g} s after the request was sent", request=request
+            ) from exc
         except h11.RemoteProtocolError as exc:
             raise httpx.RemoteProtocolError(f"malformed reply: {exc}", request=request) from exc
         except OSError as exc:
@@ -344,6 +404,8 @@ class H11Transport(httpx.AsyncBaseTransport):
                 )
         except TimeoutError as exc:
             raise httpx.ConnectTimeout(f"could not connect to {host}:{port} within {limit} s", request=request) from exc
+        except ssl.SSLCertVerificationError as exc:
+            raise TlsVerifyError(f"{type(exc).__name__}: {exc.verify_message or exc}", request=request) from exc
         except (OSError, ssl.SSLError) as exc:
             raise httpx.ConnectError(f"{type(exc).__name__}: {exc}", request=request) from exc
         return conn
@@ -386,6 +448,124 @@ class H11Transport(httpx.AsyncBaseTransport):
         self._open.clear()
 
 
+class RawTransport(Protocol):
+    """What LaminaClient sends through: H11Transport itself, or any httpx transport inside an HttpxAdapter."""
+
+    async def send(
+        self,
+        method: bytes,
+        target: Target,
+        path: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        timeouts: Timeouts,
+        *,
+        deadline: float | None = None,
+        max_reply: int | None = None,
+        after_send: AfterSend | None = None,
+    ) -> RawReply: ...
+
+    async def aclose(self) -> None: ...
+
+
+class HttpxAdapter:
+    """Any httpx transport behind `send()`: the request goes out as an httpx.Request built from the same
+    method, URL, headers and body (so the same bytes reach the wire), and the reply is read under the same
+    bounds. The deadline counts from the call here, with the connect and pool timeouts added (httpx offers no
+    hook between writing the request and reading the reply); `after_send` runs once the transport has taken
+    the request body (a body-less request: once the reply head is in)."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport, *, max_reply: int = MAX_REPLY) -> None:
+        self.transport = transport
+        self._max_reply = max_reply
+
+    def __repr__(self) -> str:
+        return f"HttpxAdapter({type(self.transport).__name__})"
+
+    async def send(
+        self,
+        method: bytes,
+        target: Target,
+        path: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        timeouts: Timeouts,
+        *,
+        deadline: float | None = None,
+        max_reply: int | None = None,
+        after_send: AfterSend | None = None,
+    ) -> RawReply:
+        url = httpx.URL(f"{target.scheme}://{target.netloc.decode('ascii')}{path.decode('ascii')}")
+        content: bytes | AsyncIterator[bytes] = body
+        if after_send is not None and body:
+            content = _then(body, after_send)
+        request = httpx.Request(
+            method.decode("ascii"), url, headers=headers, content=content, extensions={"timeout": dict(timeouts)}
+        )
+        limit = self._max_reply if max_reply is None else max_reply
+        total = None
+        if deadline is not None:
+            total = deadline + (timeouts.get("connect") or 0.0) + (timeouts.get("pool") or 0.0)
+        try:
+            async with asyncio.timeout(total):
+                response = await self.transport.handle_async_request(request)
+                if after_send is not None and not body:
+                    after_send()
+                try:
+                    content_read = await _read_capped(response, limit, request)
+                finally:
+                    await response.aclose()
+        except TimeoutError as exc:
+            if total is None:
+                raise
+            raise ReplyDeadlineError(f"not complete within {total:g} s", request=request) from exc
+        except httpx.ConnectError as exc:
+            if _cert_failure(exc) is not None and not isinstance(exc, TlsVerifyError):
+                raise TlsVerifyError(f"{_cert_failure(exc)}", request=request) from exc
+            raise
+        reply_headers = [(k.lower(), v) for k, v in response.headers.raw]
+        return RawReply(response.status_code, reply_headers, content_read)
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+
+async def _then(body: bytes, after_send: AfterSend) -> AsyncIterator[bytes]:
+    yield body
+    after_send()  # the transport asked for more: it has written what it took
+
+
+async def _read_capped(response: httpx.Response, limit: int, request: httpx.Request) -> bytes:
+    try:
+        whole = response.content  # transports that hand over a body already in memory (MockTransport, ours)
+    except httpx.ResponseNotRead:
+        pass
+    else:
+        if len(whole) > limit:
+            raise ReplyTooLargeError(f"body larger than {_size(limit)}", request=request)
+        return whole
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_raw():
+        size += len(chunk)
+        if size > limit:
+            raise ReplyTooLargeError(f"body larger than {_size(limit)}", request=request)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _cert_failure(exc: BaseException) -> str | None:
+    """The verification message when `exc` was caused by a certificate that failed verification."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return f"{type(seen).__name__}: {seen.verify_message or seen}"
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def env_proxy(url: str) -> str | None:
     """The proxy that HTTP(S)_PROXY / ALL_PROXY / NO_PROXY (as httpx reads them) select for `url`, if any.
     Loopback hosts never go through a proxy: that is the emulator (`run --emulator`) or a tunnel of the user's."""
@@ -407,7 +587,7 @@ def default_transport(base_url: str, max_connections: int) -> httpx.AsyncBaseTra
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
     try:
         return httpx.AsyncHTTPTransport(proxy=proxy, limits=limits)
-    except (ValueError, TypeError, ImportError) as exc:
+    except (ValueError, TypeError, ImportError, httpx.InvalidURL) as exc:
         reason = "SOCKS proxies need httpx[socks]" if isinstance(exc, ImportError) else "not a proxy URL httpx accepts"
         raise ConfigError(
             Problem(

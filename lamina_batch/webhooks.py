@@ -1,5 +1,5 @@
 """Webhook deliveries: Ed25519 verification on the raw body, the signing-key set (cached beside the manifest),
-and a small asyncio HTTP/1.1 receiver that hands verified deliveries to the executor.
+and the receiver (httpd.HttpServer, h11) that hands verified deliveries to the executor.
 """
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import json
 import logging
 import time
@@ -22,7 +21,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .atomic import write_text_atomic
 from .errors import LaminaBatchError
-from .models import RemoteRun, RunOutput
+from .httpd import HttpServer, Limits, Reply, Request, Throttle, descriptor_share, json_reply
+from .models import RemoteRun
+from .wire import run_from_webhook
 
 __all__ = [
     "MAX_BODY",
@@ -32,7 +33,6 @@ __all__ = [
     "WebhookReceiver",
     "WebhookRejected",
     "parse_jwks",
-    "parse_run_body",
     "verify_delivery",
 ]
 
@@ -201,48 +201,6 @@ def _write_cache(path: Path, obj: Any) -> None:
 # --------------------------------------------------------------------------- verification
 
 
-def _opt_str(v: Any) -> str | None:
-    return v if isinstance(v, str) else None
-
-
-def parse_run_body(obj: Any) -> RemoteRun:
-    """A RemoteRun from a status body: bare or wrapped in `{"data": ...}`, id in runId or executionId."""
-    if isinstance(obj, Mapping) and isinstance(obj.get("data"), Mapping):
-        obj = obj["data"]
-    if not isinstance(obj, Mapping):
-        raise ValueError("not an object")
-    run_id = obj.get("runId", obj.get("executionId"))
-    status = obj.get("status")
-    if not isinstance(run_id, str) or not run_id or not isinstance(status, str):
-        raise ValueError("no run id or status")
-    outputs: list[RunOutput] = []
-    raw_outputs = obj.get("outputs") or []
-    if not isinstance(raw_outputs, list):
-        raise ValueError("outputs is not a list")
-    for i, o in enumerate(raw_outputs):
-        if not isinstance(o, Mapping):
-            raise ValueError("output is not an object")
-        outputs.append(
-            RunOutput(
-                id=str(o.get("id", i)),
-                label=str(o.get("label", "")),
-                type=str(o.get("type", "")),
-                value=o.get("value"),
-                status=str(o.get("status", "completed")),
-                error=_opt_str(o.get("error")),
-            )
-        )
-    return RemoteRun(
-        run_id=run_id,
-        status=status,
-        error_message=_opt_str(obj.get("errorMessage")),
-        created_at=_opt_str(obj.get("createdAt")),
-        started_at=_opt_str(obj.get("startedAt")),
-        completed_at=_opt_str(obj.get("completedAt")),
-        outputs=tuple(outputs),
-    )
-
-
 def verify_delivery(
     headers: Mapping[str, str],
     body: bytes,
@@ -294,7 +252,7 @@ def verify_delivery(
     else:
         raise WebhookRejected(401, R_BAD_SIGNATURE)
     try:
-        run = parse_run_body(json.loads(body))
+        run = run_from_webhook(json.loads(body))  # wire.py's one rule for a run object
     except (ValueError, UnicodeDecodeError):
         raise WebhookRejected(400, R_BAD_JSON) from None
     if run.run_id != request_id:
@@ -319,31 +277,14 @@ class ReceiverStats:
 # as new. It must commit the delivery durably before returning: the 200 reply tells Lamina to stop retrying.
 DeliveryHandler = Callable[[Delivery], Awaitable[bool | None]]
 
-_REASONS = {
-    200: "OK",
-    400: "Bad Request",
-    401: "Unauthorized",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    411: "Length Required",
-    413: "Payload Too Large",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    501: "Not Implemented",
-}
-
-
-class _HttpError(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        self.status = status
-        self.reason = reason
-        super().__init__(reason)
-
 
 class WebhookReceiver:
-    """A minimal HTTP/1.1 server for webhook POSTs (any path): Content-Length required, bodies capped before
-    they are read, keep-alive supported. Bodies are never logged."""
+    """The HTTP/1.1 endpoint Lamina POSTs deliveries to (any path), on httpd.HttpServer: a body must declare its
+    Content-Length and is refused past `max_body` before it is read (chunked bodies: 411); `header_timeout`
+    bounds an idle connection, `body_timeout` a request from its first byte to its last; at most
+    `max_connections` are open (default: a quarter of the descriptor limit, 16..256), more are closed at once.
+    Order per delivery: verify the raw bytes, then parse, then the callback (which deduplicates and commits),
+    and only then a 2xx. Bodies are never logged; refusals are logged as one line at most every 30 s."""
 
     def __init__(
         self,
@@ -357,41 +298,47 @@ class WebhookReceiver:
         max_body: int = MAX_BODY,
         header_timeout: float = 10.0,
         body_timeout: float = 30.0,
+        max_connections: int | None = None,
     ) -> None:
         self.host = host
-        self._requested_port = port
         self.keys = keys
         self._on_delivery = on_delivery
         self._clock = clock
         self._tolerance = tolerance
         self._max_body = max_body
-        self._header_timeout = header_timeout
-        self._body_timeout = body_timeout
-        self._server: asyncio.Server | None = None
-        self._port: int | None = None
-        self._conns: set[asyncio.Task[None]] = set()
+        self._rejections = Throttle(log)
+        limits = Limits(
+            max_head=16 * 1024,
+            max_body=max_body,
+            max_connections=max_connections or descriptor_share(0.25, 16, 256),
+            idle_timeout=header_timeout,
+            request_timeout=body_timeout,
+            chunked=False,
+        )
+        self.server = HttpServer(
+            self._on_request,
+            host,
+            port,
+            limits=limits,
+            name="webhook receiver",
+            on_reject=self._reject,
+            on_error=self._failed,
+            logger=log,
+        )
         self.stats = ReceiverStats()
 
     @property
     def port(self) -> int:
-        if self._port is None:
-            raise RuntimeError("the webhook receiver is not started")
-        return self._port
+        try:
+            return self.server.port
+        except RuntimeError:
+            raise RuntimeError("the webhook receiver is not started") from None
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self.host, self._requested_port, limit=64 * 1024)
-        self._port = self._server.sockets[0].getsockname()[1]
+        await self.server.start()
 
     async def stop(self) -> None:
-        if self._server is None:
-            return
-        self._server.close()
-        for task in list(self._conns):
-            task.cancel()
-        if self._conns:
-            await asyncio.gather(*self._conns, return_exceptions=True)
-        await self._server.wait_closed()
-        self._server = None
+        await self.server.stop()
 
     async def __aenter__(self) -> WebhookReceiver:
         await self.start()
@@ -400,77 +347,14 @@ class WebhookReceiver:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    # ------------------------------------------------------------------ per connection
+    # ------------------------------------------------------------------ per request
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._conns.add(task)
-        try:
-            keep_alive = True
-            while keep_alive:
-                keep_alive = await self._one_request(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        except Exception:
-            log.exception("webhook receiver: connection handler failed")
-        finally:
-            if task is not None:
-                self._conns.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def _one_request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self._header_timeout)
-        except asyncio.IncompleteReadError as e:
-            if e.partial:
-                await self._reply(writer, 400, {"error": "incomplete request"}, close=True)
-            return False
-        except asyncio.LimitOverrunError:
-            await self._reply(writer, 431, {"error": "headers too large"}, close=True)
-            return False
-        except TimeoutError:
-            return False
-        try:
-            method, version, headers = _parse_head(head)
-        except _HttpError as e:
-            await self._reply(writer, e.status, {"error": e.reason}, close=True)
-            return False
-        conn = headers.get("connection", "").lower()
-        keep_alive = (version == "HTTP/1.1" and conn != "close") or conn == "keep-alive"
-        if method != "POST":
-            self._reject(405, "method not allowed", headers)
-            await self._reply(writer, 405, {"error": "only POST"}, close=True, extra={"Allow": "POST"})
-            return False
-        if "transfer-encoding" in headers:
-            self._reject(411, "chunked body", headers)
-            await self._reply(writer, 411, {"error": "Content-Length required"}, close=True)
-            return False
-        length_text = headers.get("content-length")
-        if length_text is None or not length_text.strip().isdigit():
-            self._reject(411, "no content-length", headers)
-            await self._reply(writer, 411, {"error": "Content-Length required"}, close=True)
-            return False
-        length = int(length_text.strip())
-        if length > self._max_body:
-            # Refuse before reading: the connection is closed rather than drained.
-            self._reject(413, R_TOO_LARGE, headers)
-            await self._reply(writer, 413, {"error": R_TOO_LARGE}, close=True)
-            await _linger(reader, min(length, 4 * self._max_body))
-            return False
-        if headers.get("expect", "").lower() == "100-continue":
-            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            await writer.drain()
-        try:
-            body = await asyncio.wait_for(reader.readexactly(length), self._body_timeout)
-        except TimeoutError:
-            await self._reply(writer, 408, {"error": "body not received in time"}, close=True)
-            return False
-        status, payload = await self._handle(headers, body)
-        await self._reply(writer, status, payload, close=not keep_alive)
-        return keep_alive
+    async def _on_request(self, request: Request) -> Reply:
+        if request.method != "POST":
+            self._reject(405, "method not allowed", request.headers)
+            return Reply(405, b'{"error": "only POST"}', headers=(("Allow", "POST"),), close=True)
+        status, payload = await self._handle(request.headers, request.body)
+        return json_reply(status, payload)
 
     async def _handle(self, headers: Mapping[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
         try:
@@ -480,10 +364,12 @@ class WebhookReceiver:
             return e.status, {"error": e.reason}
         try:
             new = await self._on_delivery(delivery)
-        except Exception:
+        except Exception as e:
             self.stats.errors += 1
             # 500 makes Lamina retry the delivery later; log the id only, never the body.
-            log.exception("webhook delivery %s could not be recorded", delivery.request_id)
+            log.warning(
+                "webhook delivery %.80r could not be recorded (%s: %.200s)", delivery.request_id, type(e).__name__, e
+            )
             return 500, {"error": "delivery not recorded"}
         if new is False:
             self.stats.duplicates += 1
@@ -501,67 +387,13 @@ class WebhookReceiver:
         return verify_delivery(headers, body, self.keys.keys, now=self._clock(), **kw)
 
     def _reject(self, status: int, reason: str, headers: Mapping[str, str]) -> None:
+        if status == 413:
+            reason = R_TOO_LARGE
         self.stats.rejected[reason] += 1
         rid = headers.get(REQUEST_ID_HEADER, "-")
-        log.warning("webhook delivery rejected: HTTP %d %s (request id %.80r)", status, reason, rid)
+        self._rejections.warning(f"webhook delivery rejected: HTTP {status} {reason} (request id {rid[:80]!r})")
 
-    @staticmethod
-    async def _reply(
-        writer: asyncio.StreamWriter,
-        status: int,
-        payload: Mapping[str, Any],
-        *,
-        close: bool,
-        extra: Mapping[str, str] | None = None,
-    ) -> None:
-        body = json.dumps(payload).encode("utf-8")
-        lines = [
-            f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
-            "Content-Type: application/json",
-            f"Content-Length: {len(body)}",
-            f"Connection: {'close' if close else 'keep-alive'}",
-        ]
-        lines += [f"{k}: {v}" for k, v in (extra or {}).items()]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body)
-        await writer.drain()
-
-
-async def _linger(reader: asyncio.StreamReader, limit: int, within: float = 2.0) -> None:
-    """Discard (never keep) up to `limit` bytes the sender is still pushing, so closing the socket does not
-    reset the connection before the sender reads our error reply."""
-
-    async def drain() -> None:
-        left = limit
-        while left > 0:
-            chunk = await reader.read(min(left, 64 * 1024))
-            if not chunk:
-                return
-            left -= len(chunk)
-
-    with contextlib.suppress(TimeoutError, ConnectionError):
-        await asyncio.wait_for(drain(), within)
-
-
-def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
-    try:
-        text = head.decode("latin-1")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes any byte
-        raise _HttpError(400, "undecodable headers") from None
-    lines = text.split("\r\n")
-    parts = lines[0].split(" ")
-    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-        raise _HttpError(400, "bad request line")
-    method, _target, version = parts
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
-            raise _HttpError(400, "bad header line")
-        key = name.lower()
-        if key in headers and key in ("content-length", REQUEST_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER):
-            # Duplicated framing or signature headers are a smuggling/confusion risk: refuse outright.
-            raise _HttpError(400, f"duplicate {key} header")
-        headers[key] = value.strip()
-    return method, version, headers
+    def _failed(self, exc: Exception) -> Reply:
+        self.stats.errors += 1
+        log.warning("webhook receiver: request handler failed (%s)", type(exc).__name__)
+        return json_reply(500, {"error": "internal error"})

@@ -8,16 +8,21 @@ import random
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
+from conftest import HostileServer
+from test_transport import Server, _self_signed, reply
 
 from lamina_batch.client import ConnectionLostError, LaminaClient, UnsupportedOperationError
 from lamina_batch.errors import (
     ApiError,
     AuthError,
+    ConfigError,
     ConnectError,
+    EndpointError,
     ForbiddenError,
     InputValidationError,
     InsufficientCreditsError,
@@ -27,6 +32,7 @@ from lamina_batch.errors import (
     ReadTimeoutError,
     RunFatalError,
     ServerError,
+    TransientError,
     UnknownOutcomeError,
 )
 from lamina_batch.models import Dialect, Rate
@@ -664,6 +670,171 @@ def test_server_ratelimit_headers_are_used() -> None:
     assert t.sleeps == [20.0]
 
 
+# ---------------------------------------------------------------------------- hostile servers and bad endpoints
+
+
+@pytest.mark.parametrize("via", ["h11", "httpx"])
+def test_an_endless_api_reply_is_refused_at_4_mib(via: str) -> None:
+    """GET /v1/apps/{id} answered with an endless chunked body ends in one clear line ("reply refused: body
+    larger than 4 MiB") within seconds, on the default transport and on httpx's own (the proxy path)."""
+
+    async def go() -> tuple[ApiError, int]:
+        async with HostileServer("endless") as server:
+            transport = None if via == "h11" else httpx.AsyncHTTPTransport()
+            client = LaminaClient(server.url, KEY, transport=transport, retry_policy=RetryPolicy(max_attempts=1))
+            try:
+                async with asyncio.timeout(30):
+                    with pytest.raises(ServerError) as info:
+                        await client.get_app("app_1")
+            finally:
+                await client.aclose()
+            return info.value, server.sent
+
+    error, sent = run(go())
+    assert "reply refused: body larger than 4 MiB" in str(error)
+    assert "\n" not in str(error)
+    assert sent < 32 * 1024 * 1024  # the server stopped long before its 64 MiB: nobody was reading
+
+
+@pytest.mark.parametrize("via", ["h11", "httpx"])
+def test_a_trickled_reply_hits_the_deadline_and_a_trickled_start_is_never_resent(via: str) -> None:
+    """A reply trickled a byte every 0.2 s is ReadTimeoutError ("reply too slow") at the reply deadline; for a
+    start it is UnknownOutcomeError after exactly one request."""
+
+    async def go() -> tuple[ApiError, ApiError, int]:
+        async with HostileServer("drip", gap=0.2) as server:
+            transport = None if via == "h11" else httpx.AsyncHTTPTransport()
+            client = LaminaClient(
+                server.url, KEY, transport=transport, retry_policy=RetryPolicy(max_attempts=1), reply_deadline=1.0
+            )
+            client._timeouts.update(connect=1.0, pool=1.0)  # the httpx path adds these to the deadline
+            try:
+                with pytest.raises(ReadTimeoutError) as poll:
+                    await client.get_run("run_1")
+                before = server.requests
+                with pytest.raises(UnknownOutcomeError) as start:
+                    await client.start("app_1", {"Prompt": "x"})
+            finally:
+                await client.aclose()
+            return poll.value, start.value, server.requests - before
+
+    poll, start, starts = run(go())
+    assert "reply too slow" in str(poll)
+    assert "reply too slow" in str(start)
+    assert starts == 1
+
+
+def test_tls_verification_failure_is_not_retried_and_says_so(tmp_path: Path) -> None:
+    """An untrusted certificate is one EndpointError line naming the host, raised at the first attempt (not
+    retried six times as a transient error would be), for a GET and for a start."""
+    server_tls, _ = _self_signed(tmp_path)
+    t = FakeTime()
+
+    async def go() -> list[ApiError]:
+        async with Server(reply(), tls=server_tls) as server:
+            client = LaminaClient(server.url, KEY, clock=t.clock, sleep=t.sleep)
+            errors = []
+            for call in (lambda: client.get_app("a"), lambda: client.start("a", {"Prompt": "x"})):
+                with pytest.raises(EndpointError) as info:
+                    await call()
+                errors.append(info.value)
+            await client.aclose()
+            assert server.requests == []
+            return errors
+
+    errors = run(go())
+    assert t.sleeps == []
+    for error in errors:
+        assert "TLS certificate verification failed for 127.0.0.1" in str(error)
+        assert "not retried" in str(error)
+        assert "\n" not in str(error)
+        assert not isinstance(error, TransientError)
+
+
+def test_a_redirect_is_a_clear_error_and_a_redirected_start_is_unknown() -> None:
+    """A 301 from the API is EndpointError naming where it points (userinfo masked) and LAMINA_BASE_URL, not
+    retried and not followed; a start answered 303 may have created a run: UnknownOutcomeError, sent once."""
+    moved = httpx.Response(301, headers={"Location": "https://u:pw@app.example/v1/apps/a"}, text="<html>moved</html>")
+    rec = Recorder(moved)
+    client, t = make(rec)
+    with pytest.raises(EndpointError) as info:
+        run(using(client, lambda c: c.get_app("a")))
+    text = str(info.value)
+    assert "301 Moved Permanently" in text
+    assert "https://***@app.example/v1/apps/a" in text
+    assert "pw" not in text
+    assert "LAMINA_BASE_URL" in text
+    assert len(rec.requests) == 1
+    assert t.sleeps == []
+    rec = Recorder(httpx.Response(303, headers={"Location": "/v1/runs/r"}))
+    client, _ = make(rec)
+    with pytest.raises(UnknownOutcomeError):
+        run(using(client, lambda c: c.start("app_1", {"Prompt": "x"})))
+    assert len(rec.requests) == 1
+
+
+def test_a_non_json_reply_names_what_came_instead() -> None:
+    """A 200 whose body is an HTML page is a ServerError saying the reply is not JSON, with its Content-Type and
+    first characters, and asking whether LAMINA_BASE_URL is Lamina's API."""
+    page = httpx.Response(200, html="<!doctype html><title>Welcome</title>")
+    client, _ = make(Recorder(page), retry_policy=RetryPolicy(max_attempts=1))
+    with pytest.raises(ServerError) as info:
+        run(using(client, lambda c: c.get_app("a")))
+    text = str(info.value)
+    assert "not JSON (text/html, starting '<!doctype html><title>Welcome</title>')" in text
+    assert "LAMINA_BASE_URL" in text
+
+
+def test_userinfo_in_the_base_url_is_masked_everywhere() -> None:
+    """LAMINA_BASE_URL=http://user:secret@host: connection errors, reprs and error texts show ***@host only."""
+    client = LaminaClient(
+        "http://user:s3cr3t@127.0.0.1:9/", KEY, retry_policy=RetryPolicy(max_attempts=1), transport=None
+    )
+    with pytest.raises(ConnectError) as info:
+        run(using(client, lambda c: c.get_app("a")))
+    assert "http://***@127.0.0.1:9" in str(info.value)
+    for text in (str(info.value), repr(info.value), repr(client)):
+        assert "s3cr3t" not in text
+        assert "user" not in text
+    echoed = Recorder(httpx.Response(500, json={"error": "upstream http://user:s3cr3t@lamina.test failed"}))
+    masked = LaminaClient(
+        "http://user:s3cr3t@lamina.test",
+        KEY,
+        transport=httpx.MockTransport(echoed),
+        retry_policy=RetryPolicy(max_attempts=1),
+    )
+    with pytest.raises(ServerError) as err:
+        run(using(masked, lambda c: c.get_app("a")))
+    assert "s3cr3t" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    ["https://app.usel\namina.ai", "https://app.uselamina.ai/\nX-Evil: 1", "http://user:pw@[::1", "ftp://x", "app"],
+)
+def test_an_unusable_base_url_is_one_config_error_line(base_url: str) -> None:
+    """A newline, an unparsable URL or a non-http(s) one in LAMINA_BASE_URL is one ConfigError line that
+    never repeats the URL (it may carry a password); surrounding whitespace is trimmed, not refused."""
+    with pytest.raises(ConfigError) as info:
+        LaminaClient.from_env(env={"LAMINA_API_KEY": KEY, "LAMINA_BASE_URL": base_url})
+    text = str(info.value)
+    assert text.startswith("LAMINA_BASE_URL ")
+    assert "\n" not in text
+    assert "pw" not in text
+    assert "Evil" not in text
+    with pytest.raises(ConfigError):
+        LaminaClient(base_url, KEY)
+    assert LaminaClient(" https://lamina.test/\n", KEY).base_url == "https://lamina.test"
+
+
+def test_run_ids_that_are_dot_segments_stay_one_segment() -> None:
+    """A run id of ".." is sent escaped (%2E%2E), so URL normalisation cannot turn it into a parent path."""
+    rec = Recorder(ok(RUN))
+    client, _ = make(rec)
+    run(using(client, lambda c: c.get_run("..")))
+    assert rec.requests[0].url.raw_path == b"/v1/runs/%2E%2E"
+
+
 # ---------------------------------------------------------------------------- against the emulator (loopback)
 
 Emu = Any  # lamina_batch.emulator.Emulator; typed loosely so this module does not depend on its internals
@@ -807,10 +978,11 @@ class HookRecorder(H11Transport):
         headers: list[tuple[bytes, bytes]],
         body: bytes,
         timeouts: Mapping[str, float | None],
-        after_send: Callable[[], None] | None = None,
+        **bounds: Any,
     ) -> RawReply:
-        self.hooked.append((f"{method.decode()} {path.decode().partition('?')[0]}", after_send is not None))
-        return await super().send(method, target, path, headers, body, timeouts, after_send)
+        hooked = bounds.get("after_send") is not None
+        self.hooked.append((f"{method.decode()} {path.decode().partition('?')[0]}", hooked))
+        return await super().send(method, target, path, headers, body, timeouts, **bounds)
 
 
 @pytest.mark.parametrize("dialect", ["runs", "executions"])

@@ -13,13 +13,23 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import HostileServer
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from lamina_batch.errors import ConfigError
-from lamina_batch.transport import H11Transport, Target, default_transport, env_proxy
+from lamina_batch.transport import (
+    H11Transport,
+    HttpxAdapter,
+    ReplyDeadlineError,
+    ReplyTooLargeError,
+    Target,
+    TlsVerifyError,
+    default_transport,
+    env_proxy,
+)
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes], Awaitable[None]]
 
@@ -500,6 +510,111 @@ def test_client_direct_path_maps_error_replies_like_httpx() -> None:
             await client.aclose()
 
     run(go())
+
+
+# ---------------------------------------------------------------------------- bounded replies (issue 19.3)
+
+TIMEOUTS = {"connect": 5.0, "read": 5.0, "write": 5.0, "pool": 5.0}
+
+
+def raw_transport(via: str, max_reply: int) -> H11Transport | HttpxAdapter:
+    """H11Transport itself, or httpx's own transport behind HttpxAdapter (the proxy path)."""
+    if via == "h11":
+        return H11Transport(max_reply=max_reply)
+    return HttpxAdapter(httpx.AsyncHTTPTransport(), max_reply=max_reply)
+
+
+@pytest.mark.parametrize("via", ["h11", "httpx"])
+def test_an_endless_reply_is_cut_at_max_reply(via: str) -> None:
+    """An endless chunked reply ends in ReplyTooLargeError once past max_reply, long before the server stops
+    sending, on both transports; the connection is dropped."""
+
+    async def go() -> int:
+        async with HostileServer("endless") as server:
+            raw = raw_transport(via, 1024 * 1024)
+            async with asyncio.timeout(30):
+                with pytest.raises(ReplyTooLargeError, match="larger than 1 MiB"):
+                    await raw.send(b"GET", Target.of(httpx.URL(server.url)), b"/v1/apps/x", [], b"", TIMEOUTS)
+            await raw.aclose()
+            return server.sent
+
+    assert run(go()) < 32 * 1024 * 1024  # the server gave up half-way through its 64 MiB: nobody read it
+
+
+@pytest.mark.parametrize("via", ["h11", "httpx"])
+def test_a_trickled_reply_is_cut_at_the_deadline(via: str) -> None:
+    """A reply sent a byte every 0.2 s never trips the read timeout (5 s between bytes) but ends at the
+    deadline (1 s) in ReplyDeadlineError, an httpx.ReadTimeout: sent, outcome unknown."""
+
+    timeouts = {**TIMEOUTS, "connect": 1.0, "pool": 1.0}  # the httpx path adds these to the deadline
+
+    async def go() -> float:
+        async with HostileServer("drip", gap=0.2) as server:
+            raw = raw_transport(via, 1024 * 1024)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            target = Target.of(httpx.URL(server.url))
+            try:
+                with pytest.raises(ReplyDeadlineError) as info:
+                    await raw.send(b"GET", target, b"/v1/runs/r", [], b"", timeouts, deadline=1.0)
+            finally:
+                await raw.aclose()
+            assert isinstance(info.value, httpx.ReadTimeout)
+            return loop.time() - started
+
+    assert run(go()) < 6.0  # the drip would last 10 s
+
+
+def test_after_send_runs_between_writing_the_request_and_reading_the_reply() -> None:
+    """after_send is called once the request is written and before the reply is read, on both transports."""
+    order: list[str] = []
+
+    async def note(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> None:
+        order.append("server got request")
+        await reply()(reader, writer, request)
+
+    async def go() -> None:
+        async with Server(note) as server:
+            for via in ("h11", "httpx"):
+                raw = raw_transport(via, 1024)
+                target = Target.of(httpx.URL(server.url))
+                headers = [(b"Content-Length", b"2")]
+                await raw.send(
+                    b"POST", target, b"/x", headers, b"{}", TIMEOUTS, after_send=lambda via=via: order.append(via)
+                )
+                await raw.aclose()
+
+    run(go())
+    assert order == ["h11", "server got request", "httpx", "server got request"]
+
+
+def test_tls_verification_failure_is_its_own_error_on_both_transports(tmp_path: Path) -> None:
+    """An untrusted certificate is TlsVerifyError (an httpx.ConnectError: nothing was sent) on H11Transport and
+    behind HttpxAdapter alike."""
+    server_tls, _ = _self_signed(tmp_path)
+
+    async def go() -> None:
+        async with Server(reply(), tls=server_tls) as server:
+            for via in ("h11", "httpx"):
+                raw = raw_transport(via, 1024)
+                with pytest.raises(TlsVerifyError, match="certificate"):
+                    await raw.send(b"GET", Target.of(httpx.URL(server.url)), b"/", [], b"", TIMEOUTS)
+                await raw.aclose()
+            assert server.requests == []
+
+    run(go())
+
+
+def test_a_malformed_proxy_url_is_one_config_error_without_the_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTPS_PROXY=http://user:pw@[::1 (an unclosed IPv6 bracket) is a ConfigError, never an internal error,
+    and the password is not in it."""
+    for name in ("HTTP_PROXY", "ALL_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:pw5ecret@[::1")
+    with pytest.raises(ConfigError) as info:
+        default_transport("https://app.uselamina.ai", 8)
+    assert "pw5ecret" not in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_after_send_runs_once_the_request_is_written_and_before_its_reply_is_read() -> None:

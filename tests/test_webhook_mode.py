@@ -4,10 +4,15 @@ polling, forged deliveries refused, replays processed once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
+import resource
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -241,6 +246,114 @@ def test_dropped_deliveries_are_recovered_by_polling_after_the_grace_period(
     assert polled == dropped
     assert elapsed >= 1.5  # the dropped ones were waited for (grace) before polling
     assert {rid for rid, _ in webhook_rows(tmp_path / "p.lamina.sqlite")} == delivered
+    assert emu.stats.duplicate_starts() == {}
+
+
+class SlowClients:
+    """`count` connections to host:port that send a request head a byte every two seconds and never finish it;
+    a connection the server closes is opened again `pause` seconds later, until stopped."""
+
+    def __init__(self, host: str, port: int, count: int, pause: float = 1.0) -> None:
+        self.addr = (host, port)
+        self.count = count
+        self.pause = pause
+        self.opened = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._main, daemon=True)
+
+    def __enter__(self) -> SlowClients:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _open(self) -> socket.socket | None:
+        try:
+            sock = socket.create_connection(self.addr, timeout=2)
+            sock.sendall(b"POST /hook HTTP/1.1\r\nHost: x\r\n")
+        except OSError:
+            return None
+        sock.setblocking(False)
+        self.opened += 1
+        return sock
+
+    def _main(self) -> None:
+        slots: list[tuple[socket.socket | None, float]] = [(None, 0.0)] * self.count
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                for i, (sock, when) in enumerate(slots):
+                    if sock is None:
+                        if now >= when:
+                            opened = self._open()
+                            slots[i] = (opened, now) if opened else (None, now + self.pause)
+                        continue
+                    try:
+                        if sock.recv(4096) == b"":
+                            raise ConnectionResetError
+                    except BlockingIOError:
+                        if now - when > 2.0:  # a byte every two seconds: never idle, never done
+                            with contextlib.suppress(OSError):
+                                sock.send(b"X")
+                            slots[i] = (sock, now)
+                        continue
+                    except OSError:
+                        pass
+                    sock.close()
+                    slots[i] = (None, now + self.pause)
+                self._stop.wait(0.05)
+        finally:
+            for sock, _ in slots:
+                if sock is not None:
+                    sock.close()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_NOFILE and /proc are Linux here")
+def test_listener_under_many_slow_connections_and_few_descriptors(tmp_path: Path, make_emulator: MakeEmulator) -> None:
+    """`run --listen` in a process limited to 256 descriptors while 600 slow connections hammer its receiver:
+    the batch completes, nothing is started twice, and stderr holds a few rate-limited lines, no traceback."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048:
+        if hard != resource.RLIM_INFINITY and hard < 2048:
+            pytest.skip("this test needs 2048 descriptors for its own slow clients")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
+    emu = make_emulator(duration=(0.5, 1.0), webhook_retry_delays=(0.5, 1.0, 2.0, 4.0, 8.0))
+    pipeline = write_pipeline(tmp_path / "p.yaml", 12, concurrency=4)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAMINA_", "COV_", "GITHUB_STEP"))}
+    env.update(LAMINA_BASE_URL=emu.base_url, LAMINA_API_KEY=emu.key, PYTHONUNBUFFERED="1")
+    argv = [sys.executable, "-m", "lamina_batch", "run", str(pipeline), "--no-progress", "-q"]
+    argv += ["--webhook-url", f"http://127.0.0.1:{port}/hook", "--listen", f"127.0.0.1:{port}"]
+
+    def few_descriptors() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=few_descriptors
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and proc.poll() is None:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            time.sleep(0.05)
+        with SlowClients("127.0.0.1", port, 600) as attack, contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=8)  # the attack lasts 8 s (or until the batch ends)
+        _, stderr = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert attack.opened > 600  # the receiver closed connections it could not take, and they came back
+    lines = stderr.splitlines()
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert len(lines) <= 12, lines
+    assert proc.returncode == 0, stderr
+    runs = manifest_runs(tmp_path / "p.lamina.sqlite")
+    assert len(runs) == 12
+    assert {r.state for r in runs} == {RunState.COMPLETED}
     assert emu.stats.duplicate_starts() == {}
 
 

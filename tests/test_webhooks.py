@@ -465,3 +465,56 @@ def test_receiver_refuses_oversized_declared_length_without_reading() -> None:
             return data
 
     assert run(go()).startswith(b"HTTP/1.1 413 ")
+
+
+def test_a_signed_body_without_a_status_is_a_delivery_that_completes_nothing(priv: Ed25519PrivateKey) -> None:
+    """wire.py's rule holds for webhooks too: a run with no status reads as "queued" (not terminal), so the
+    delivery is recorded but ends nothing; the run is followed by polling as usual."""
+    body = json.dumps({"data": {"runId": RUN_ID, "outputs": []}}).encode()
+    d = verify_delivery(signed_headers(priv, body), body, [pub(priv)], now=NOW)
+    assert d.run.status == "queued"
+    assert not d.run.terminal
+
+
+def test_forged_deliveries_log_one_line_per_interval(priv: Ed25519PrivateKey, caplog: pytest.LogCaptureFixture) -> None:
+    """Thirty forged deliveries are all refused and counted, but logged as one warning line, not thirty."""
+    caplog.set_level(logging.WARNING, logger="lamina_batch.webhooks")
+
+    async def go() -> WebhookReceiver:
+        recv = WebhookReceiver("127.0.0.1", 0, SigningKeys([pub(priv)]), Sink(), clock=lambda: NOW)
+        async with recv, httpx.AsyncClient() as http:
+            for i in range(30):
+                forged = status_body(f"run_{i}")
+                headers = signed_headers(Ed25519PrivateKey.generate(), forged, request_id=f"run_{i}")
+                r = await http.post(f"http://127.0.0.1:{recv.port}/", content=forged, headers=headers)
+                assert r.status_code == 401
+        return recv
+
+    recv = run(go())
+    assert recv.stats.rejected["bad signature"] == 30
+    lines = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert lines == ["webhook delivery rejected: HTTP 401 bad signature (request id 'run_0')"]
+
+
+def test_receiver_caps_connections_and_bounds_slow_clients() -> None:
+    """Past max_connections a new connection is closed at once; an idle connection is closed after
+    header_timeout, and a request still arriving after body_timeout is answered 408."""
+
+    async def go() -> None:
+        recv = WebhookReceiver(
+            "127.0.0.1", 0, SigningKeys([]), Sink(), max_connections=2, header_timeout=0.3, body_timeout=0.3
+        )
+        async with recv:
+            held = [await asyncio.open_connection("127.0.0.1", recv.port) for _ in range(2)]
+            reader, writer = await asyncio.open_connection("127.0.0.1", recv.port)
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # the third: closed, nothing said
+            writer.close()
+            slow_reader, slow_writer = held[0]
+            slow_writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
+            assert (await asyncio.wait_for(slow_reader.read(), 5)).startswith(b"HTTP/1.1 408 ")
+            assert await asyncio.wait_for(held[1][0].read(), 5) == b""  # idle: closed
+            for _, w in held:
+                w.close()
+            assert recv.server.stats.refused == 1
+
+    run(go())

@@ -21,7 +21,10 @@ def register(commands: Commands) -> None:
     add_emulator_flag(v)
 
     pl = commands.add(
-        "plan", "what `run` would do: new / reused / running / to retry / orphaned", cmd_plan, pipeline=True
+        "plan",
+        "what `run` would do: new / reused / running / to retry / kept / waiting for upstream / orphaned",
+        cmd_plan,
+        pipeline=True,
     )
     pl.add_argument("--json", action="store_true", help="every run with its identity and rendered inputs")
     pl.add_argument("--manifest", type=Path)

@@ -33,9 +33,9 @@ from lamina_batch.emulator.catalogue import (
     validate_start_body,
 )
 from lamina_batch.emulator.config import AppDef, EmulatorConfig, Faults, OutputDef
-from lamina_batch.emulator.http import DROP, ConnectionRegistry, HttpProtocol, Reply, Request, json_reply
 from lamina_batch.emulator.png import image_key, render_png
 from lamina_batch.emulator.signing import KeyRing
+from lamina_batch.httpd import DROP, HttpServer, Limits, Reply, Request, descriptor_share, json_reply
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
@@ -241,8 +241,7 @@ class EmulatorCore:
         self._windows: dict[str, list[float]] = {}
         self._req_counter = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._registry = ConnectionRegistry()
-        self._server: asyncio.Server | None = None
+        self._server: HttpServer | None = None
         self._http_ready: asyncio.Future[httpx.AsyncClient] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Test-only controls, set through `Emulator` methods in the same process; no request can reach them.
@@ -255,13 +254,17 @@ class EmulatorCore:
     async def start_server(self) -> str:
         self._loop = asyncio.get_running_loop()
         cfg = self.config
-        self._server = await self._loop.create_server(
-            lambda: HttpProtocol(self.handle, self._registry, cfg.max_body_bytes),
-            cfg.host,
-            cfg.port,
-            backlog=1024,
+        limits = Limits(
+            max_body=cfg.max_body_bytes,
+            max_connections=descriptor_share(0.5, 64, 4096),
+            idle_timeout=120.0,  # clients retire idle connections within seconds (ours at 4 s, httpx at 5 s)
+            request_timeout=60.0,
         )
-        port = self._server.sockets[0].getsockname()[1]
+        self._server = HttpServer(
+            self.handle, cfg.host, cfg.port, limits=limits, name="emulator", backlog=1024, on_error=_bug_reply
+        )
+        await self._server.start()
+        port = self._server.port
         host = "127.0.0.1" if cfg.host in ("0.0.0.0", "", "::") else cfg.host  # noqa: S104 - mapping, not binding
         if ":" in host:
             host = f"[{host}]"
@@ -270,8 +273,7 @@ class EmulatorCore:
 
     async def close(self) -> None:
         if self._server is not None:
-            self._server.close()
-        self._registry.close_all()
+            await self._server.stop()
         for run in self._order:
             if run.webhook_handle is not None:
                 run.webhook_handle.cancel()
@@ -282,8 +284,6 @@ class EmulatorCore:
         if self._http_ready is not None:
             client = await self._http_ready
             await client.aclose()
-        if self._server is not None:
-            await self._server.wait_closed()
 
     # ---- queries usable from tests ----------------------------------------------------------------
 
@@ -790,6 +790,11 @@ class EmulatorCore:
             if ok or attempt == len(delays):
                 return
             await asyncio.sleep(delays[attempt])
+
+
+def _bug_reply(exc: Exception) -> Reply:
+    """A handler that raised: 500 in Lamina's error shape, naming the exception type (never its text)."""
+    return json_reply(500, {"error": f"emulator bug: {type(exc).__name__}", "code": "INTERNAL_ERROR"})
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
