@@ -248,7 +248,8 @@ def test_schema_is_valid_and_described() -> None:
                     walk(node[key], f"{path}[{key}]")
 
     walk(schema, "")
-    assert set(schema["properties"]) == {"version", "name", "api", "matrix", "steps", "download", "run", "manifest"}
+    top = {"version", "name", "api", "matrix", "steps", "download", "run", "review", "report", "manifest"}
+    assert set(schema["properties"]) == top
 
 
 def test_schema_file_matches_package_resource() -> None:
