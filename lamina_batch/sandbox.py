@@ -16,7 +16,7 @@ import difflib
 import re
 import string
 import types
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from functools import update_wrapper
 from typing import Any
 
@@ -159,7 +159,7 @@ class _Guard(NodeTransformer):
 
     def visit_For(self, node: nodes.For) -> nodes.Node:
         self.generic_visit(node)
-        node.iter = _call("_lb_loop", [node.iter], node.lineno)
+        node.iter = _call("_lb_loop", [node.iter], node.lineno)  # type: ignore[list-item]  # For.iter is an Expr
         return node
 
     def visit_Output(self, node: nodes.Output) -> nodes.Node:
@@ -326,7 +326,7 @@ def _capped_batch(value: Iterable[Any], linecount: int, fill_with: Any = None) -
     return jinja2.filters.do_batch(value, linecount, fill_with)
 
 
-def _capped_slice(value: Iterable[Any], slices: int, fill_with: Any = None) -> Iterator[list[Any]]:
+def _capped_slice(value: Collection[Any], slices: int, fill_with: Any = None) -> Iterator[list[Any]]:
     _check_size(int(slices), "slice", MAX_RENDERED_CHARS)
     return jinja2.filters.sync_do_slice(value, slices, fill_with)
 

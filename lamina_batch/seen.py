@@ -113,7 +113,5 @@ class DigestIndex:
         rows = sorted(self._mem.items())  # sorted: the B-tree is then written mostly in order
         self._mem = {}
         self._db.execute("BEGIN")
-        self._db.executemany(
-            "INSERT INTO seen (d, v) VALUES (?, ?) ON CONFLICT (d) DO UPDATE SET v = excluded.v", rows
-        )
+        self._db.executemany("INSERT INTO seen (d, v) VALUES (?, ?) ON CONFLICT (d) DO UPDATE SET v = excluded.v", rows)
         self._db.execute("COMMIT")

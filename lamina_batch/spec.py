@@ -534,7 +534,7 @@ def _cross_problems(data: dict[str, Any], lines: Mapping[JsonPath, int], file: s
         allowed = ancestors.get(sid, set()) if isinstance(sid, str) else set()
         for name, value in _as_dict(s.get("inputs")).items():
             if isinstance(value, str) and templates.is_template(value):
-                at = ("steps", i, "inputs", name)
+                at: JsonPath = ("steps", i, "inputs", name)
                 problems += _template_problems(
                     value,
                     file=file,
@@ -558,7 +558,7 @@ def _cross_problems(data: dict[str, Any], lines: Mapping[JsonPath, int], file: s
         )
     for name, value in _as_dict(_as_dict(data.get("review")).get("vary")).items():
         if isinstance(value, str) and templates.is_template(value):
-            at = ("review", "vary", name)
+            at = ("review", "vary", str(name))
             problems += _template_problems(
                 value,
                 file=file,

@@ -252,7 +252,8 @@ def test_problem_list_is_capped_and_grouped(tmp_path: Path) -> None:
     with pytest.raises(TemplateError) as tinfo:
         validate_pipeline(_pipeline(tmp_path, _csv(rows), where="row.size == 'L'"))
     (grouped,) = tinfo.value.problems
-    assert grouped.message.startswith("row 1: matrix.where: no column 'size'")
+    assert (grouped.path, grouped.line) == ("matrix.where", 5)  # where errors carry the line of `where:`
+    assert grouped.message.startswith("row 1: no column 'size'")
     assert grouped.message.endswith("(and 199 more rows)")
 
 
