@@ -292,34 +292,35 @@ class _Pass:
             return False, None
         return True, key
 
-    def items(self, stream: RowStream) -> Iterator[tuple[MatrixItem, Namespace, Namespace, bool, str]]:
+    def items(self, stream: RowStream) -> Iterator[tuple[MatrixItem, Namespace, Namespace, bool, SourceRow]]:
         key_col = self.pipeline.matrix.key
         tally = self.tally
-        for row in stream:
+        pick = None if self.picker.selection.everything else self.picker.pick
+        try:
+            for row in stream:
+                row_ns = templates.row_context(row.values)
+                if not self.keep(row, row_ns):
+                    continue
+                usable, key = self.key_of(row)
+                if not usable:
+                    continue
+                occurrence = 0
+                if key_col is None:
+                    occurrence = self.seen.see(_digest(row.values)[:16])[0]
+                for combo, ans, ajson in zip(self.combos, self.axes_ns, self.axes_json, strict=True):
+                    item = MatrixItem(
+                        row_number=row.number,
+                        row=row.values,
+                        axes=combo,
+                        key=key,
+                        item_id=_item_identity(row.values, ajson, key, occurrence),
+                    )
+                    picked = pick is None or pick(row.number)
+                    tally.items += 1
+                    tally.selected_items += picked
+                    yield item, row_ns, ans, picked, row
+        finally:
             tally.rows = stream.rows_read
-            row_ns = templates.row_context(row.values)
-            if not self.keep(row, row_ns):
-                continue
-            usable, key = self.key_of(row)
-            if not usable:
-                continue
-            occurrence = 0
-            if key_col is None:
-                occurrence = self.seen.see(_digest(row.values)[:16])[0]
-            label = row_label(row)
-            for combo, ans, ajson in zip(self.combos, self.axes_ns, self.axes_json, strict=True):
-                item = MatrixItem(
-                    row_number=row.number,
-                    row=row.values,
-                    axes=combo,
-                    key=key,
-                    item_id=_item_identity(row.values, ajson, key, occurrence),
-                )
-                picked = self.picker.pick(row.number)
-                tally.items += 1
-                tally.selected_items += picked
-                yield item, row_ns, ans, picked, label
-        tally.rows = stream.rows_read
 
 
 class _Found(NamedTuple):
@@ -327,8 +328,13 @@ class _Found(NamedTuple):
     row_ns: Namespace
     axes_ns: Namespace
     picked: bool  # the selection wants it
-    label: str  # how problems name its row
+    row: SourceRow
     seen: DigestIndex  # the pass's index: the planner counts run occurrences in it too
+
+    @property
+    def label(self) -> str:
+        """How problems name its row."""
+        return row_label(self.row)
 
 
 def _items(
@@ -342,8 +348,8 @@ def _items(
     try:
         if not one.columns_ok(stream):
             return
-        for item, row_ns, axes_ns, picked, label in one.items(stream):
-            yield _Found(item, row_ns, axes_ns, picked, label, one.seen)
+        for item, row_ns, axes_ns, picked, row in one.items(stream):
+            yield _Found(item, row_ns, axes_ns, picked, row, one.seen)
     finally:
         stream.close()
         one.seen.close()

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, NamedTuple
 
 from lamina_batch.errors import MatrixError, Problem
 from lamina_batch.models import MatrixSpec
@@ -85,9 +85,9 @@ class Origin:
         return Problem(message, file=self.file, line=line, path=path, hint=hint)
 
 
-@dataclass(frozen=True, slots=True)
-class SourceRow:
-    """One data row: its 1-based number among the data rows, its cells as strings, and where it is."""
+class SourceRow(NamedTuple):
+    """One data row: its 1-based number among the data rows, its cells as strings, and where it is. (A
+    NamedTuple: as immutable as a frozen dataclass, and one is made per row, so it must be cheap.)"""
 
     number: int
     values: dict[str, str]

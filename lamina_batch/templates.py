@@ -452,14 +452,18 @@ def render_download_path(
     index: int,
     ext: str,
     upstream: Mapping[str, Sequence[RunOutput]],
+    *,
+    attempt: int = 1,
 ) -> str:
-    """Render `download.path` for one output of one run (not yet checked for escapes: downloads does that)."""
+    """Render `download.path` for one output of one run (not yet checked for escapes: downloads does that).
+    `attempt` lets a redo write beside the earlier attempt's files (`{{ attempt }}` in the path)."""
     if pipeline.download is None:
         raise TemplateError(Problem("the pipeline has no download: block", file=str(pipeline.path)))
     step = pipeline.step(run.step_id)
     context = {
         "row": row_context(run.item.row),
         "row_number": run.item.row_number,
+        "attempt": attempt,
         "axes": axes_context(run.item.axes),
         "steps": steps_context(upstream),
         "step": Namespace("step field", id=step.id, app=step.app),
@@ -480,6 +484,7 @@ def render_download_path(
             Problem(
                 e.problems[0].message,
                 file=str(pipeline.path),
+                line=pipeline.download.line,
                 path=f"download.path (row {run.item.row_number}, step {run.step_id!r})",
             )
         ) from None
