@@ -260,7 +260,13 @@ class _Pass:
             line = self.pipeline.matrix.lines.get(line_key) if line_key else self.pipeline.report.line
             hint = templates.did_you_mean(column, stream.columns) or f"columns: {', '.join(stream.columns[:30])}"
             self.sink.add(
-                Problem(f"no column {column!r} for {path} in {stream.origin.file}", self.pfile, line, path, hint)
+                Problem(
+                    f"no column {column!r} for {path} in {source_name(self.pipeline.matrix)}",
+                    self.pfile,
+                    line,
+                    path,
+                    hint,
+                )
             )
             ok = ok and path != "matrix.key"
         return ok

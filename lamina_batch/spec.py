@@ -346,13 +346,10 @@ def _schema_problems(data: Any, lines: Mapping[JsonPath, int], file: str) -> lis
     errors = sorted(_validator().iter_errors(data), key=lambda e: _line_for(lines, e.absolute_path) or 0)
     for err in errors:
         path = tuple(err.absolute_path)
-        line = _line_for(lines, path)
         where = format_path(path) or None
-        kind = err.validator
-        if kind == "additionalProperties" and isinstance(err.instance, dict):
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
             allowed = list(err.schema.get("properties", {}))
-            extra = [k for k in err.instance if k not in allowed]
-            for key in extra:
+            for key in [k for k in err.instance if k not in allowed]:
                 problems.append(
                     Problem(
                         f"unknown key {key!r}",
@@ -363,51 +360,53 @@ def _schema_problems(data: Any, lines: Mapping[JsonPath, int], file: str) -> lis
                     )
                 )
             continue
-        if kind == "required":
-            missing = [k for k in err.validator_value if isinstance(err.instance, dict) and k not in err.instance]
-            message = ", ".join(f"missing required key {k!r}" for k in missing) or err.message
-        elif kind == "type":
-            expected = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
-            names = " or ".join(_JSON_TYPES.get(str(t), str(t)) for t in expected)
-            message = f"expected {names}, got {_type_name(err.instance)} {_short(err.instance)}"
-        elif kind == "const" and path == ("version",):
-            message = f"unsupported spec version {_short(err.instance)}; this lamina-batch reads version 1"
-        elif kind == "enum":
-            options = ", ".join(repr(v) for v in err.validator_value)
-            message = f"{_short(err.instance)} is not one of {options}"
-            if isinstance(err.instance, str):
-                hint = templates.did_you_mean(err.instance, [str(v) for v in err.validator_value])
-                problems.append(Problem(message, file=file, line=line, path=where, hint=hint))
-                continue
-        elif kind == "oneOf" and path == ("matrix",):
-            given = [k for k in _SOURCES if isinstance(err.instance, dict) and k in err.instance]
-            if len(given) > 1:
-                message = f"set only one of {' or '.join(repr(k) for k in given)}, not both"
-            else:
-                message = "one of 'csv' or 'rows' is required (or 'xlsx' for a workbook)"
-        elif kind == "pattern" and len(path) == 3 and path[0] == "steps" and path[2] == "id":
-            message = f"invalid step id {_short(err.instance)}: use lowercase letters, digits, '_' or '-'"
-        elif kind == "pattern" and path[:1] == ("run",) and path[-1] in _RUN_PARSERS:
-            message = _parse_message(str(path[-1]), err.instance)
-        elif kind in ("pattern", "maxLength") and path == ("matrix", "delimiter"):
-            message = f"invalid delimiter {_short(err.instance)}: one character, such as ',' ';' '|' or a tab"
-        elif kind == "pattern" and path[:1] == ("run",):
-            message = f"invalid value {_short(err.instance)}"
-            hint = "use http(s)://HOST/PATH" if path[-1] == "url" else "use HOST:PORT, e.g. 127.0.0.1:8787"
-            problems.append(Problem(message, file=file, line=line, path=where, hint=hint))
-            continue
-        elif kind == "propertyNames":
-            message = f"invalid axis name {_short(err.instance)}: use letters, digits and '_' (not first)"
-        elif (kind == "minItems" and err.validator_value == 1) or kind == "minLength":
-            message = "must not be empty"
-        elif kind == "uniqueItems":
-            message = "has duplicate entries"
-        elif kind == "minimum":
-            message = f"must be at least {err.validator_value}, got {_short(err.instance)}"
-        else:
-            message = err.message if len(err.message) <= 200 else err.message[:197] + "..."
-        problems.append(Problem(message, file=file, line=line, path=where))
+        message, hint = _schema_message(err, path)
+        problems.append(Problem(message, file=file, line=_line_for(lines, path), path=where, hint=hint))
     return problems
+
+
+def _schema_message(err: jsonschema.ValidationError, path: JsonPath) -> tuple[str, str | None]:
+    """(message, hint) in the user's words for one schema error."""
+    kind = err.validator
+    value: Any = err.validator_value  # typed Any | Unset; set for every validator that reaches here
+    if kind == "required":
+        missing = [k for k in value if isinstance(err.instance, dict) and k not in err.instance]
+        return ", ".join(f"missing required key {k!r}" for k in missing) or err.message, None
+    if kind == "type":
+        expected = value if isinstance(value, list) else [value]
+        names = " or ".join(_JSON_TYPES.get(str(t), str(t)) for t in expected)
+        return f"expected {names}, got {_type_name(err.instance)} {_short(err.instance)}", None
+    if kind == "const" and path == ("version",):
+        return f"unsupported spec version {_short(err.instance)}; this lamina-batch reads version 1", None
+    if kind == "enum":
+        options = ", ".join(repr(v) for v in value)
+        hint = None
+        if isinstance(err.instance, str):
+            hint = templates.did_you_mean(err.instance, [str(v) for v in value])
+        return f"{_short(err.instance)} is not one of {options}", hint
+    if kind == "oneOf" and path == ("matrix",):
+        given = [k for k in _SOURCES if isinstance(err.instance, dict) and k in err.instance]
+        if len(given) > 1:
+            return f"set only one of {' or '.join(repr(k) for k in given)}, not both", None
+        return "one of 'csv' or 'rows' is required (or 'xlsx' for a workbook)", None
+    if kind == "pattern" and len(path) == 3 and path[0] == "steps" and path[2] == "id":
+        return f"invalid step id {_short(err.instance)}: use lowercase letters, digits, '_' or '-'", None
+    if kind == "pattern" and path[:1] == ("run",) and path[-1] in _RUN_PARSERS:
+        return _parse_message(str(path[-1]), err.instance), None
+    if kind in ("pattern", "maxLength") and path == ("matrix", "delimiter"):
+        return f"invalid delimiter {_short(err.instance)}: one character, such as ',' ';' '|' or a tab", None
+    if kind == "pattern" and path[:1] == ("run",):
+        hint = "use http(s)://HOST/PATH" if path[-1] == "url" else "use HOST:PORT, e.g. 127.0.0.1:8787"
+        return f"invalid value {_short(err.instance)}", hint
+    if kind == "propertyNames":
+        return f"invalid axis name {_short(err.instance)}: use letters, digits and '_' (not first)", None
+    if (kind == "minItems" and value == 1) or kind == "minLength":
+        return "must not be empty", None
+    if kind == "uniqueItems":
+        return "has duplicate entries", None
+    if kind == "minimum":
+        return f"must be at least {value}, got {_short(err.instance)}", None
+    return (err.message if len(err.message) <= 200 else err.message[:197] + "..."), None
 
 
 # --------------------------------------------------------------------------- cross-field checks
