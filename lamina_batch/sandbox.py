@@ -16,7 +16,7 @@ import difflib
 import re
 import string
 import types
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator
 from functools import update_wrapper
 from typing import Any
 
@@ -247,12 +247,14 @@ def _check_binop(operator: str, left: Any, right: Any) -> None:
 _WIDTH_METHODS = frozenset({"ljust", "rjust", "center", "zfill"})
 
 
-def _check_str_method(obj: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> None:
-    """Widths of `ljust`/`rjust`/`center`/`zfill`, and the result size of `replace`, `join` and `expandtabs`."""
+def _checked_str_call(obj: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """The arguments for a str method call, after checking the widths of `ljust`/`rjust`/`center`/`zfill` and
+    the result size of `replace`, `join` and `expandtabs` (`join`'s iterable is listed first, so a generator
+    is measured before it is joined)."""
     name = getattr(obj, "__name__", "")
     owner = getattr(obj, "__self__", None)
     if not isinstance(owner, str) or not isinstance(obj, types.BuiltinMethodType):
-        return
+        return args
     if name in _WIDTH_METHODS and args and isinstance(args[0], int):
         _check_size(args[0], f"{name}()", MAX_RENDERED_CHARS)
     elif name == "expandtabs":
@@ -261,8 +263,13 @@ def _check_str_method(obj: Any, args: Sequence[Any], kwargs: dict[str, Any]) -> 
             _check_size(owner.count("\t") * size + len(owner), "expandtabs()")
     elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
         _check_size(_replaced_size(owner, args[0], args[1]), "replace()")
-    elif name == "join" and args and isinstance(args[0], list | tuple):
-        _check_size(sum(len(str(x)) for x in args[0]) + len(owner) * max(len(args[0]) - 1, 0), "join()")
+    elif name == "join" and len(args) == 1:
+        items = list(_loop(args[0]))
+        _check_size(
+            sum(len(x) if isinstance(x, str) else 0 for x in items) + len(owner) * max(len(items) - 1, 0), "join()"
+        )
+        return (items,)
+    return args
 
 
 def _replaced_size(text: str, old: str, new: str) -> int:
@@ -361,8 +368,7 @@ class _Sandbox(ImmutableSandboxedEnvironment):
         if __obj in _UNCOUNTED:  # our own guards: Jinja passes them its loop/block bookkeeping, as to any call
             return __obj(*args)
         _budget().step()
-        _check_str_method(__obj, args, kwargs)
-        return super().call(__context, __obj, *args, **kwargs)
+        return super().call(__context, __obj, *_checked_str_call(__obj, args, kwargs), **kwargs)
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
         """`str.format`/`format_map` with every field's width and precision checked before it is formatted."""

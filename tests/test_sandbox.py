@@ -79,6 +79,7 @@ def test_values_doubling_in_a_loop_stop_at_the_value_cap(source: str) -> None:
         "{{ ('x' * 100000).replace('x', 'y' * 100000) }}",
         "{{ ('x' * 100000) | replace('x', 'y' * 100000) }}",
         "{{ ('y' * 100000).join(range(100000) | map('string') | list) }}",
+        "{{ ('y' * 100000).join(range(100000) | map('string')) }}",
         "{{ range(100000) | join('y' * 100000) }}",
         "{{ ('a ' * 50000) | wordwrap(1, wrapstring='y' * 100000) }}",
         "{{ range(3) | batch(999999999, 'x') | list }}",
