@@ -404,6 +404,7 @@ def _make_env() -> _Sandbox:
     env.filters["batch"] = _capped_batch
     env.filters["slice"] = _capped_slice
     env.globals.update(_GUARDS)
+    del env.globals["lipsum"]  # `lipsum(n=10**6)` builds megabytes of filler text in one call
     return env
 
 

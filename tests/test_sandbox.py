@@ -91,6 +91,11 @@ def test_format_widths_and_growing_operations_are_capped(source: str) -> None:
     _refused(source, "not allowed in a template")
 
 
+def test_lipsum_is_not_offered() -> None:
+    """Jinja's `lipsum` global (megabytes of filler from one call) is not in the sandbox."""
+    _refused("{{ lipsum(n=1000000) }}", "'lipsum' is undefined")
+
+
 def test_2000_nested_parentheses_are_one_clear_line() -> None:
     """A template or expression nested past Python's recursion limit is a TemplateError, not a RecursionError."""
     deep = "(" * 2000 + "1" + ")" * 2000
