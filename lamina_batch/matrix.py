@@ -1,25 +1,27 @@
-"""The matrix: streaming rows (CSV or inline) with `key`, `where` and `axes`, plan-time rendering, run identity
-(DESIGN.md §2), shards, run-time `render_inputs`, and `validate_pipeline` that renders everything for every row.
+"""The matrix: items from the row stream (`rows.py`) with `where`, `key` and `axes`, plan-time rendering, run
+identity (DESIGN.md §2), shards and subsets, run-time `render_inputs`, and `validate_pipeline` that renders
+everything for every row. Bookkeeping over all rows (key uniqueness, occurrence numbers) lives in a DigestIndex,
+so memory stays flat in the number of rows.
 """
 
 from __future__ import annotations
 
-import codecs
-import csv
 import hashlib
 import itertools
 import json
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, NamedTuple
 
 import jinja2
 
 from lamina_batch import templates
 from lamina_batch.errors import ConfigError, MatrixError, Problem, TemplateError
 from lamina_batch.models import ItemPlan, MatrixItem, Pipeline, PlannedRun, RunOutput, Step
+from lamina_batch.rows import RowStream, SourceRow, display_path, open_rows, read_table, source_name
+from lamina_batch.seen import DigestIndex
+from lamina_batch.selection import Picker, Selection, Tally
 from lamina_batch.templates import Namespace
 
 MAX_PROBLEMS = 50
@@ -28,12 +30,17 @@ IDENTITY_HEX = 32
 __all__ = [
     "MAX_PROBLEMS",
     "InputDigest",
+    "Selection",
+    "Tally",
     "ValidationSummary",
+    "display_path",
     "expand_runs",
     "item_identity",
     "iter_items",
     "parse_shard",
+    "read_csv_header",
     "render_inputs",
+    "render_vary",
     "run_identity",
     "shard_of",
     "validate_pipeline",
@@ -96,21 +103,24 @@ class InputDigest:
 
 @dataclass(frozen=True)
 class ValidationSummary:
-    """What `validate` found: data rows read, matrix items after `where` x axes, steps, runs planned."""
+    """What `validate` found: data rows read, matrix items after `where` x axes, steps, runs planned; the items
+    and runs a Selection picked (all of them without one); and warnings that are not errors but mean there is
+    nothing to do (a CSV with a header and no rows, a `where` that keeps no row): `validate` shows them, `run`
+    refuses an empty batch."""
 
     rows: int
     items: int
     steps: int
     runs: int
+    selected_items: int = -1  # -1: the same as items (no selection)
+    selected_runs: int = -1
+    warnings: tuple[Problem, ...] = field(default=())
 
-
-def display_path(path: Path) -> str:
-    """A path as messages show it: relative to the working directory when inside it."""
-    try:
-        rel = os.path.relpath(path)
-    except ValueError:
-        return str(path)
-    return str(path) if rel.startswith("..") else rel
+    def __post_init__(self) -> None:
+        if self.selected_items < 0:
+            object.__setattr__(self, "selected_items", self.items)
+        if self.selected_runs < 0:
+            object.__setattr__(self, "selected_runs", self.runs)
 
 
 # --------------------------------------------------------------------------- problem collection
@@ -126,10 +136,13 @@ class _Collector:
         self.dropped = 0
         self.matrix_kind = False
 
-    def add(self, problem: Problem, *, row: int | None = None, template: bool = False) -> None:
+    def add(self, problem: Problem, *, row: int | str | None = None, template: bool = False) -> None:
+        """Record (or raise) `problem`; `row` (a number or a label like `row 3 (book.xlsx:Sheet1!4:4)`) prefixes
+        its message but not its grouping, so one mistake over many rows is one line."""
         if not template:
             self.matrix_kind = True
-        shown = Problem(f"row {row}: {problem.message}", problem.file, problem.line, problem.path, problem.hint)
+        label = f"row {row}" if isinstance(row, int) else row
+        shown = Problem(f"{label}: {problem.message}", problem.file, problem.line, problem.path, problem.hint)
         if not self.collect:
             raise (TemplateError if template else MatrixError)(shown if row is not None else problem)
         gkey = (problem.file, problem.line, problem.path, problem.message, problem.hint)
@@ -158,141 +171,9 @@ class _Collector:
             raise (MatrixError if self.matrix_kind else TemplateError)(problems)
 
 
-# --------------------------------------------------------------------------- rows
-
-
-class _Undecodable(Exception):
-    def __init__(self, line: int, error: UnicodeDecodeError) -> None:
-        self.line = line
-        self.error = error
-        super().__init__(line)
-
-
-def _decoded_lines(f: BinaryIO) -> Iterator[str]:
-    """UTF-8 lines, decoded one at a time so a bad byte is reported with its line (b'\\n' never occurs
-    inside a multi-byte UTF-8 sequence, so splitting bytes on it is safe)."""
-    for number, raw in enumerate(f, 1):
-        if number == 1 and raw.startswith(codecs.BOM_UTF8):
-            raw = raw[len(codecs.BOM_UTF8) :]
-        try:
-            yield raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise _Undecodable(number, e) from None
-
-
-@dataclass(frozen=True)
-class _Row:
-    number: int
-    line: int | None
-    path: str | None  # where to point in messages for inline rows
-    values: dict[str, str]
-
-
-def _csv_rows(path: Path, sink: _Collector, counter: list[int]) -> Iterator[_Row]:
-    file = display_path(path)
-    try:
-        f = path.open("rb")
-    except FileNotFoundError:
-        sink.add(
-            Problem(
-                "CSV file not found", file=file, path="matrix.csv", hint="the path is relative to the pipeline file"
-            )
-        )
-        return
-    except OSError as e:
-        sink.add(Problem(f"cannot read the CSV file: {e.strerror}", file=file, path="matrix.csv"))
-        return
-    with f:
-        reader = csv.reader(_decoded_lines(f))
-        header: list[str] | None = None
-        number = 0
-        last_line = 0
-        try:
-            for record in reader:
-                start = last_line + 1
-                last_line = reader.line_num
-                if not record:
-                    continue  # blank line
-                if header is None:
-                    header = [h.strip() for h in record]
-                    if not _header_ok(header, file, start, sink):
-                        return
-                    continue
-                number += 1
-                counter[0] = number
-                if len(record) != len(header):
-                    sink.add(
-                        Problem(
-                            f"has {len(record)} fields but the header has {len(header)}",
-                            file=file,
-                            line=start,
-                            path=f"row {number}",
-                            hint="quote fields that contain commas or line breaks",
-                        )
-                    )
-                    continue
-                yield _Row(number, start, None, dict(zip(header, record, strict=True)))
-        except _Undecodable as e:
-            bad = e.error.object[e.error.start : e.error.start + 1]
-            sink.add(
-                Problem(
-                    f"not valid UTF-8 (byte 0x{bad.hex()} at column {e.error.start + 1})",
-                    file=file,
-                    line=e.line,
-                    hint="save the file as UTF-8 (CSV UTF-8 in Excel)",
-                )
-            )
-            return
-        except csv.Error as e:
-            sink.add(Problem(f"unreadable CSV: {e}", file=file, line=reader.line_num))
-            return
-        if header is None:
-            sink.add(Problem("CSV file is empty; the first line must be a header row", file=file, path="matrix.csv"))
-
-
 def read_csv_header(path: Path) -> list[str]:
-    """The header row of a CSV (for `init --csv`), with the same checks and messages as the matrix reader."""
-    sink = _Collector(collect=False)
-    header: list[str] = []
-    for row in _csv_rows(path, sink, [0]):
-        header = list(row.values)
-        break
-    else:
-        with path.open("rb") as f:
-            first = next(csv.reader(_decoded_lines(f)), [])
-        header = [h.strip() for h in first]
-    return header
-
-
-def _header_ok(header: list[str], file: str, line: int, sink: _Collector) -> bool:
-    ok = True
-    seen: dict[str, int] = {}
-    for i, name in enumerate(header, 1):
-        if not name:
-            sink.add(Problem(f"column {i} has a blank header", file=file, line=line, path="header"))
-            ok = False
-        elif name in seen:
-            sink.add(
-                Problem(
-                    f"duplicate column {name!r} (columns {seen[name]} and {i})", file=file, line=line, path="header"
-                )
-            )
-            ok = False
-        else:
-            seen[name] = i
-    return ok
-
-
-def _inline_rows(pipeline: Pipeline, counter: list[int]) -> Iterator[_Row]:
-    for i, row in enumerate(pipeline.matrix.rows or (), 1):
-        counter[0] = i
-        yield _Row(i, None, f"matrix.rows[{i - 1}]", dict(row))
-
-
-def _source_rows(pipeline: Pipeline, sink: _Collector, counter: list[int]) -> Iterator[_Row]:
-    if pipeline.matrix.csv is not None:
-        return _csv_rows(pipeline.matrix.csv, sink, counter)
-    return _inline_rows(pipeline, counter)
+    """The header row of a CSV or workbook (for `init --csv`), with the same checks and messages as the matrix."""
+    return read_table(path, limit=0)[0]
 
 
 # --------------------------------------------------------------------------- items
@@ -322,91 +203,172 @@ def _item_identity(row: Mapping[str, str], axes_json: str, key: str | None, occu
     return hashlib.sha256(text.encode()).hexdigest()[:IDENTITY_HEX]
 
 
-def _items(
-    pipeline: Pipeline, sink: _Collector, counter: list[int]
-) -> Iterator[tuple[MatrixItem, Namespace, Namespace]]:
-    """Items with their template namespaces (built once per row/axes, shared by every step)."""
-    spec = pipeline.matrix
-    pfile = display_path(pipeline.path)
-    where = templates.compile_expression(spec.where) if spec.where else None
-    axis_names = [name for name, _ in spec.axes]
-    combos = [dict(zip(axis_names, values, strict=True)) for values in itertools.product(*(v for _, v in spec.axes))]
-    axes_ns = [templates.axes_context(c) for c in combos]
-    axes_json = [_CANONICAL.encode(c) for c in combos]
-    key_col = spec.key
-    seen_keys: dict[str, int] = {}
-    row_occurrences: dict[bytes, int] = {}
-    csv_file = display_path(spec.csv) if spec.csv else pfile
-    for row in _source_rows(pipeline, sink, counter):
-        file = pfile if row.path else csv_file
-        key: str | None = None
-        if key_col is not None:
-            if key_col not in row.values:
-                hint = templates.did_you_mean(key_col, row.values) or f"columns: {', '.join(row.values)}"
-                if row.path is None:  # the CSV header lacks it: say so once, not per row
-                    sink.add(Problem(f"no column {key_col!r} for matrix.key", file=file, path="header", hint=hint))
-                    return
-                sink.add(
-                    Problem(f"no column {key_col!r} for matrix.key", file=pfile, path=row.path, hint=hint),
-                    row=row.number,
+def row_label(row: SourceRow) -> str:
+    """How problems name a row: `row 3`, and for a sheet also its place, `row 3 (book.xlsx:Sheet1!4:4)`."""
+    if row.origin.kind == "sheet":
+        return f"row {row.number} ({row.origin.file}:{row.origin.sheet}!{row.line}:{row.line})"
+    return f"row {row.number}"
+
+
+def _ref(column: str) -> str:
+    """How a template names a column: `row.Title`, or `row['Image Src']` when it is not an identifier."""
+    return f"row.{column}" if column.isidentifier() else f"row[{column!r}]"
+
+
+def _duplicate(row: SourceRow, key_col: str, key: str, first: int) -> Problem:
+    """A duplicate key; continuation rows (other cells mostly empty, as in Shopify's variant rows) get a fix."""
+    others = [c for c in row.values if c != key_col]
+    empty = [c for c in others if not row.values[c].strip()]
+    hint = "matrix.key values must be unique among the rows that where keeps"
+    if others and len(empty) * 2 > len(others):
+        filled = len(others) - len(empty)
+        hint += (
+            f"; row {row.number} looks like a continuation of row {first} ({filled} of {len(others)} other cells"
+            f" filled): keep one row per {key_col} with where: \"{_ref(empty[0])} != ''\", or carry the"
+            f" product's values down with fill_down: [{', '.join(empty[:3])}] and key each variant by its own column"
+        )
+    message = f"duplicate key {key!r} in rows {first} and {row.number}"
+    return row.problem(message, column=key_col, path=f"column {key_col!r}", hint=hint)
+
+
+class _Pass:
+    """One pass over the rows: the stream, `where`, the key check and occurrence numbers (both in one
+    DigestIndex, so memory does not grow with the rows), the selection and the tally."""
+
+    def __init__(self, pipeline: Pipeline, sink: _Collector, tally: Tally, selection: Selection | None) -> None:
+        self.pipeline = pipeline
+        self.sink = sink
+        self.tally = tally
+        self.picker = Picker(selection)
+        self.pfile = display_path(pipeline.path)
+        self.seen = DigestIndex()
+        spec = pipeline.matrix
+        self.where = templates.compile_expression(spec.where) if spec.where else None
+        names = [name for name, _ in spec.axes]
+        self.combos = [dict(zip(names, v, strict=True)) for v in itertools.product(*(v for _, v in spec.axes))]
+        self.axes_ns = [templates.axes_context(c) for c in self.combos]
+        self.axes_json = [_CANONICAL.encode(c) for c in self.combos]
+
+    def columns_ok(self, stream: RowStream) -> bool:
+        """`matrix.key` and `report.columns` name columns the source has."""
+        ok = True
+        wanted: list[tuple[str, str | None, str | None]] = [("matrix.key", "key", self.pipeline.matrix.key)]
+        wanted += [("report.columns", None, c) for c in self.pipeline.report.columns or ()]
+        for path, line_key, column in wanted:
+            if column is None or column in stream.columns:
+                continue
+            line = self.pipeline.matrix.lines.get(line_key) if line_key else self.pipeline.report.line
+            hint = templates.did_you_mean(column, stream.columns) or f"columns: {', '.join(stream.columns[:30])}"
+            self.sink.add(
+                Problem(
+                    f"no column {column!r} for {path} in {source_name(self.pipeline.matrix)}",
+                    self.pfile,
+                    line,
+                    path,
+                    hint,
                 )
-                continue
-            key = row.values[key_col]
-            if not key.strip():
-                sink.add(
-                    Problem(f"empty key column {key_col!r}", file=file, line=row.line, path=row.path),
-                    row=row.number,
-                )
-                continue
-            first = seen_keys.get(key)
-            if first is not None:
-                sink.add(
-                    Problem(
-                        f"duplicate key {key!r} in rows {first} and {row.number}",
-                        file=file,
-                        line=row.line,
-                        path=f"column {key_col!r}",
-                        hint="matrix.key values must be unique",
-                    )
-                )
-                continue
-            seen_keys[key] = row.number
-        row_ns = templates.row_context(row.values)
-        if where is not None:
-            try:
-                keep = templates.evaluate(where, {"row": row_ns, "row_number": row.number})
-            except TemplateError as e:
-                sink.add(
-                    Problem(f"matrix.where: {e.problems[0].message}", file=pfile, path=None),
-                    row=row.number,
-                    template=True,
-                )
-                continue
-            if isinstance(keep, jinja2.Undefined) or not keep:
-                continue
-        row_digest = b""
-        if key is None:
-            row_digest = _digest(row.values)[:16]
-        occurrence = 0
-        if key is None:
-            occurrence = row_occurrences.get(row_digest, 0)
-            row_occurrences[row_digest] = occurrence + 1
-        for combo, ans, ajson in zip(combos, axes_ns, axes_json, strict=True):
-            item = MatrixItem(
-                row_number=row.number,
-                row=row.values,
-                axes=combo,
-                key=key,
-                item_id=_item_identity(row.values, ajson, key, occurrence),
             )
-            yield item, row_ns, ans
+            ok = ok and path != "matrix.key"
+        return ok
+
+    def keep(self, row: SourceRow, row_ns: Namespace) -> bool:
+        if self.where is None:
+            return True
+        try:
+            keep = templates.evaluate(self.where, {"row": row_ns, "row_number": row.number})
+        except TemplateError as e:
+            where = Problem(e.problems[0].message, self.pfile, self.pipeline.matrix.lines.get("where"), "matrix.where")
+            self.sink.add(where, row=row_label(row), template=True)
+            return False
+        return not isinstance(keep, jinja2.Undefined) and bool(keep)
+
+    def key_of(self, row: SourceRow) -> tuple[bool, str | None]:
+        """(usable, key): the row's key when `matrix.key` is set; not usable when empty or a duplicate."""
+        key_col = self.pipeline.matrix.key
+        if key_col is None:
+            return True, None
+        key = row.values.get(key_col, "")
+        if not key.strip():
+            hint = "every row that where keeps needs a key; drop rows without one with where"
+            self.sink.add(row.problem(f"empty key column {key_col!r}", column=key_col, hint=hint), row=row.number)
+            return False, None
+        count, first = self.seen.see(hashlib.sha256(b"key\x1f" + key.encode()).digest()[:16], row.number)
+        if count:
+            self.sink.add(_duplicate(row, key_col, key, first))
+            return False, None
+        return True, key
+
+    def items(self, stream: RowStream) -> Iterator[tuple[MatrixItem, Namespace, Namespace, bool, SourceRow]]:
+        key_col = self.pipeline.matrix.key
+        tally = self.tally
+        pick = None if self.picker.selection.everything else self.picker.pick
+        try:
+            for row in stream:
+                row_ns = templates.row_context(row.values)
+                if not self.keep(row, row_ns):
+                    continue
+                usable, key = self.key_of(row)
+                if not usable:
+                    continue
+                occurrence = 0
+                if key_col is None:
+                    occurrence = self.seen.see(_digest(row.values)[:16])[0]
+                for combo, ans, ajson in zip(self.combos, self.axes_ns, self.axes_json, strict=True):
+                    item = MatrixItem(
+                        row_number=row.number,
+                        row=row.values,
+                        axes=combo,
+                        key=key,
+                        item_id=_item_identity(row.values, ajson, key, occurrence),
+                    )
+                    picked = pick is None or pick(row.number)
+                    tally.items += 1
+                    tally.selected_items += picked
+                    yield item, row_ns, ans, picked, row
+        finally:
+            tally.rows = stream.rows_read
 
 
-def iter_items(pipeline: Pipeline) -> Iterator[MatrixItem]:
-    """Stream matrix items (row x axes combination) with `where` applied; raises MatrixError at the first
-    unusable row (run `validate_pipeline` first to see every problem)."""
-    for item, _, _ in _items(pipeline, _Collector(collect=False), [0]):
-        yield item
+class _Found(NamedTuple):
+    item: MatrixItem
+    row_ns: Namespace
+    axes_ns: Namespace
+    picked: bool  # the selection wants it
+    row: SourceRow
+    seen: DigestIndex  # the pass's index: the planner counts run occurrences in it too
+
+    @property
+    def label(self) -> str:
+        """How problems name its row."""
+        return row_label(self.row)
+
+
+def _items(
+    pipeline: Pipeline, sink: _Collector, tally: Tally | None = None, selection: Selection | None = None
+) -> Iterator[_Found]:
+    """Items with their template namespaces (built once per row/axes, shared by every step)."""
+    one = _Pass(pipeline, sink, tally if tally is not None else Tally(), selection)
+    stream = open_rows(pipeline.matrix, one.pfile, sink.add)
+    if stream is None:
+        return
+    try:
+        if not one.columns_ok(stream):
+            return
+        for item, row_ns, axes_ns, picked, row in one.items(stream):
+            yield _Found(item, row_ns, axes_ns, picked, row, one.seen)
+    finally:
+        stream.close()
+        one.seen.close()
+
+
+def iter_items(
+    pipeline: Pipeline, *, selection: Selection | None = None, tally: Tally | None = None
+) -> Iterator[MatrixItem]:
+    """Stream matrix items (row x axes combination) with `where` applied (and only those `selection` picks);
+    raises MatrixError at the first unusable row (run `validate_pipeline` first to see every problem)."""
+    for found in _items(pipeline, _Collector(collect=False), tally, selection):
+        if found.picked:
+            yield found.item
 
 
 # --------------------------------------------------------------------------- runs and identity
@@ -496,11 +458,11 @@ class _Planner:
             )
             for s in pipeline.steps
         ]
-        self.occurrences: dict[bytes, int] = {}
 
-    def plan(
-        self, item: MatrixItem, row_ns: Namespace, axes_ns: Namespace, report: Report | None
-    ) -> tuple[PlannedRun, ...]:
+    def plan(self, found: _Found, report: Report | None) -> tuple[PlannedRun, ...]:
+        """The item's runs in step order; a template that fails raises (report None) or is reported and planned
+        with a placeholder input, so validation goes on."""
+        item, row_ns, axes_ns = found.item, found.row_ns, found.axes_ns
         identities: dict[str, str] = {}
         runs: list[PlannedRun] = []
         cached = self._axes_json
@@ -516,7 +478,13 @@ class _Planner:
                 )
             else:
                 steps_ns = _EMPTY_STEPS
-            context = {"row": row_ns, "row_number": item.row_number, "axes": axes_ns, "steps": steps_ns}
+            context = {
+                "row": row_ns,
+                "row_number": item.row_number,
+                "attempt": 1,
+                "axes": axes_ns,
+                "steps": steps_ns,
+            }
             inputs: dict[str, Any] = {}
             for name, value, compiled in compiled_inputs:
                 if compiled is None:
@@ -526,14 +494,12 @@ class _Planner:
                     inputs[name] = templates.render(compiled, context)
                 except TemplateError as e:
                     if report is None:
-                        raise _located(self.pipeline, step, name, item.row_number, e) from None
+                        raise _located(self.pipeline, step, name, found.label, e) from None
                     report(step.id, name, e.problems[0].message)
                     inputs[name] = f"<invalid:{name}>"
             base = _run_base(prefix, inputs, axes_json)
             if key_tail is None:
-                d = hashlib.sha256(base.encode()).digest()[:16]
-                occurrence = self.occurrences.get(d, 0)
-                self.occurrences[d] = occurrence + 1
+                occurrence = found.seen.see(hashlib.sha256(base.encode()).digest()[:16])[0]
                 identity = _finish_identity(base, _tail(None, occurrence))
             else:
                 identity = _finish_identity(base, key_tail)
@@ -552,16 +518,16 @@ class _Planner:
         return tuple(runs)
 
 
-def _located(pipeline: Pipeline, step: Step, name: str, row_number: int, e: TemplateError) -> TemplateError:
-    return TemplateError(_input_problem(pipeline, step, name, e.problems[0].message, row_number))
+def _located(pipeline: Pipeline, step: Step, name: str, label: str, e: TemplateError) -> TemplateError:
+    return TemplateError(_input_problem(pipeline, step, name, e.problems[0].message, label))
 
 
-def _input_problem(pipeline: Pipeline, step: Step, name: str, message: str, row_number: int | None) -> Problem:
-    prefix = f"row {row_number}: " if row_number is not None else ""
+def _input_problem(pipeline: Pipeline, step: Step, name: str, message: str, label: str | None) -> Problem:
+    """A template problem located at the input's own line in the pipeline file."""
     return Problem(
-        f"{prefix}{message}",
+        f"{label}: {message}" if label is not None else message,
         file=display_path(pipeline.path),
-        line=step.line,
+        line=step.input_lines.get(name, step.line),
         path=f"steps.{step.id}.inputs[{name!r}]",
     )
 
@@ -584,31 +550,56 @@ def shard_of(item_id: str, n: int) -> int:
     return int(item_id[:15], 16) % n + 1
 
 
-def expand_runs(pipeline: Pipeline, *, shard: tuple[int, int] | None = None) -> Iterator[ItemPlan]:
-    """Stream every matrix item with its planned runs (steps in topological order). With shard=(i, n), only
-    items of shard i; identities are the same as unsharded (every item is still rendered, for occurrence
-    counting). Raises MatrixError/TemplateError at the first problem."""
+def expand_runs(
+    pipeline: Pipeline,
+    *,
+    shard: tuple[int, int] | None = None,
+    selection: Selection | None = None,
+    tally: Tally | None = None,
+) -> Iterator[ItemPlan]:
+    """Stream the matrix items with their planned runs (steps in topological order): all of them, or those of
+    shard i of n (`shard=(i, n)`) and of the `selection`. Identities are always those of the full batch:
+    every item is read, and without a key every item is rendered too (occurrence numbers count them all).
+    `tally` counts items and runs, selected or not. Raises MatrixError/TemplateError at the first problem."""
     if shard is not None and not 1 <= shard[0] <= shard[1]:
         raise ConfigError(Problem(f"invalid shard {shard[0]}/{shard[1]}", path="--shard"))
     planner = _Planner(pipeline)
-    for item, row_ns, axes_ns in _items(pipeline, _Collector(collect=False), [0]):
-        runs = planner.plan(item, row_ns, axes_ns, None)
-        if shard is None or shard_of(item.item_id, shard[1]) == shard[0]:
-            yield ItemPlan(item=item, runs=runs)
+    tally = tally if tally is not None else Tally()
+    keyed = pipeline.matrix.key is not None
+    steps = len(pipeline.steps)
+    for found in _items(pipeline, _Collector(collect=False), tally, selection):
+        wanted = found.picked and (shard is None or shard_of(found.item.item_id, shard[1]) == shard[0])
+        tally.runs += steps
+        if not wanted and keyed:
+            continue  # a keyed identity depends on its own row only: nothing to render
+        runs = planner.plan(found, None)
+        if wanted:
+            tally.selected_runs += len(runs)
+            yield ItemPlan(item=found.item, runs=runs)
 
 
-def render_inputs(pipeline: Pipeline, run: PlannedRun, upstream: Mapping[str, Sequence[RunOutput]]) -> dict[str, Any]:
-    """The inputs to send for `run`, rendered again with the real outputs of its upstream runs
-    (`upstream`: step id -> that step's outputs for this item). Raises TemplateError."""
-    step = pipeline.step(run.step_id)
-    if not step.needs:
-        return dict(run.inputs)
-    context = {
+def _context(
+    pipeline: Pipeline, run: PlannedRun, upstream: Mapping[str, Sequence[RunOutput]], attempt: int
+) -> dict[str, Any]:
+    return {
         "row": templates.row_context(run.item.row),
         "row_number": run.item.row_number,
+        "attempt": attempt,
         "axes": templates.axes_context(run.item.axes),
         "steps": templates.steps_context(upstream),
     }
+
+
+def render_inputs(
+    pipeline: Pipeline, run: PlannedRun, upstream: Mapping[str, Sequence[RunOutput]], *, attempt: int = 1
+) -> dict[str, Any]:
+    """The inputs to send for `run`, rendered again with the real outputs of its upstream runs
+    (`upstream`: step id -> that step's outputs for this item) and `attempt` (1 for the first start; templates
+    that read it render differently on a redo, while the identity keeps attempt 1). Raises TemplateError."""
+    step = pipeline.step(run.step_id)
+    if not step.needs and attempt == 1:
+        return dict(run.inputs)
+    context = _context(pipeline, run, upstream, attempt)
     inputs: dict[str, Any] = {}
     for name, value in step.inputs.items():
         if not templates.is_template(value):
@@ -617,8 +608,37 @@ def render_inputs(pipeline: Pipeline, run: PlannedRun, upstream: Mapping[str, Se
         try:
             inputs[name] = templates.render(templates.compile_template(value), context)
         except TemplateError as e:
-            raise _located(pipeline, step, name, run.item.row_number, e) from None
+            raise _located(pipeline, step, name, f"row {run.item.row_number}", e) from None
     return inputs
+
+
+def render_vary(
+    pipeline: Pipeline,
+    run: PlannedRun,
+    upstream: Mapping[str, Sequence[RunOutput]],
+    *,
+    attempt: int,
+    overrides: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """`review.vary` (plus `overrides`, e.g. from `--redo-set NAME=TEMPLATE`, which win) rendered for this run's
+    `attempt`: name -> value, to replace the inputs they match (by key, name or id: the caller knows the app).
+    Empty for attempt 1: a run's first start never varies. Raises TemplateError naming the entry."""
+    if attempt < 2:
+        return {}
+    entries = {**pipeline.review.vary, **(overrides or {})}
+    context = _context(pipeline, run, upstream, attempt)
+    out: dict[str, str] = {}
+    for name, source in entries.items():
+        try:
+            out[name] = templates.render(templates.compile_template(source), context)
+        except TemplateError as e:
+            where = "--redo-set" if overrides and name in overrides else f"review.vary[{name!r}]"
+            line = None if where == "--redo-set" else pipeline.review.line
+            problem = Problem(
+                f"row {run.item.row_number}: {e.problems[0].message}", display_path(pipeline.path), line, where
+            )
+            raise TemplateError(problem) from None
+    return out
 
 
 # --------------------------------------------------------------------------- validate
@@ -632,46 +652,73 @@ def _dummy_output(step: Step) -> RunOutput:
 
 
 def validate_pipeline(
-    pipeline: Pipeline, *, digest: InputDigest | None = None, shard: tuple[int, int] | None = None
+    pipeline: Pipeline,
+    *,
+    digest: InputDigest | None = None,
+    shard: tuple[int, int] | None = None,
+    selection: Selection | None = None,
 ) -> ValidationSummary:
     """Read every row and render every template (inputs, where, download.path) for every run, without a
     request. Raises MatrixError or TemplateError listing every problem (grouped across rows, capped).
-    `digest` collects the rendered inputs of the runs (of `shard` only, when given) for the preflight."""
+    `digest` collects the rendered inputs of the runs picked by `shard` and `selection` for the preflight;
+    the summary counts the batch, what was picked, and warns when the batch is empty."""
     sink = _Collector(collect=True)
     try:
         planner = _Planner(pipeline)
         download = templates.compile_template(pipeline.download.path) if pipeline.download else None
     except TemplateError as e:  # load_pipeline checks syntax; a hand-built Pipeline may not have been
         raise TemplateError([Problem(p.message, file=display_path(pipeline.path)) for p in e.problems]) from None
-    counter = [0]
-    items = runs = 0
-    current_row = [0]
+    tally = Tally()
+    label = [""]
 
     def report(step_id: str, name: str, message: str) -> None:
         step = pipeline.step(step_id)
-        sink.add(_input_problem(pipeline, step, name, message, None), row=current_row[0], template=True)
+        sink.add(_input_problem(pipeline, step, name, message, None), row=label[0], template=True)
 
-    for item, row_ns, axes_ns in _items(pipeline, sink, counter):
-        items += 1
-        current_row[0] = item.row_number
-        planned = planner.plan(item, row_ns, axes_ns, report)
-        runs += len(planned)
-        if digest is not None and (shard is None or shard_of(item.item_id, shard[1]) == shard[0]):
+    for found in _items(pipeline, sink, tally, selection):
+        label[0] = found.label
+        planned = planner.plan(found, report)
+        tally.runs += len(planned)
+        wanted = found.picked and (shard is None or shard_of(found.item.item_id, shard[1]) == shard[0])
+        if found.picked:
+            tally.selected_runs += len(planned)
+        if digest is not None and wanted:
             for run in planned:
                 digest.add(run)
         if download is not None:
             for run in planned:
-                _check_download(pipeline, planner, run, row_ns, axes_ns, download, sink)
+                _check_download(pipeline, planner, run, found, download, sink)
     sink.raise_if_any()
-    return ValidationSummary(rows=counter[0], items=items, steps=len(pipeline.steps), runs=runs)
+    return ValidationSummary(
+        rows=tally.rows,
+        items=tally.items,
+        steps=len(pipeline.steps),
+        runs=tally.runs,
+        selected_items=tally.selected_items,
+        selected_runs=tally.selected_runs,
+        warnings=_emptiness(pipeline, tally),
+    )
+
+
+def _emptiness(pipeline: Pipeline, tally: Tally) -> tuple[Problem, ...]:
+    """Warnings for a batch with nothing in it: a source with a header and no rows, or a `where` keeping none."""
+    spec = pipeline.matrix
+    pfile = display_path(pipeline.path)
+    if tally.rows == 0:
+        if spec.rows is not None:
+            return (Problem("matrix.rows is empty: nothing to run", pfile, spec.lines.get("rows"), "matrix.rows"),)
+        return (Problem(f"{source_name(spec)} has a header but no data rows: nothing to run", pfile, None, "matrix"),)
+    if tally.items == 0 and spec.where is not None:
+        message = f"where keeps none of the {tally.rows} row{'s' if tally.rows != 1 else ''}: nothing to run"
+        return (Problem(message, pfile, spec.lines.get("where"), "matrix.where"),)
+    return ()
 
 
 def _check_download(
     pipeline: Pipeline,
     planner: _Planner,
     run: PlannedRun,
-    row_ns: Namespace,
-    axes_ns: Namespace,
+    found: _Found,
     download: templates.CompiledTemplate,
     sink: _Collector,
 ) -> None:
@@ -682,24 +729,23 @@ def _check_download(
         {a: templates.placeholder_step(ident, planner.labels[a]) for a, ident in run.needs.items()},
     )
     context = {
-        "row": row_ns,
+        "row": found.row_ns,
         "row_number": run.item.row_number,
-        "axes": axes_ns,
+        "attempt": 1,
+        "axes": found.axes_ns,
         "steps": steps_ns,
         "step": Namespace("step field", id=step.id, app=step.app),
         "output": Namespace(
             "output field", id=output.id, label=output.label, index=0, ext=".png", type=output.type, value=output.value
         ),
     }
-    where = Problem("", file=display_path(pipeline.path), path="download.path")
+    line = pipeline.download.line if pipeline.download is not None else None
+    file = display_path(pipeline.path)
     try:
         path = templates.render(download, context)
     except TemplateError as e:
-        sink.add(
-            Problem(f"step {step.id!r}: {e.problems[0].message}", where.file, None, where.path),
-            row=run.item.row_number,
-            template=True,
-        )
+        problem = Problem(f"step {step.id!r}: {e.problems[0].message}", file, line, "download.path")
+        sink.add(problem, row=found.label, template=True)
         return
     parts = path.replace("\\", "/").split("/")
     if not path.strip():
@@ -708,6 +754,4 @@ def _check_download(
         message = f"renders {path[:80]!r}, which leaves the pipeline folder"
     else:
         return
-    sink.add(
-        Problem(f"step {step.id!r}: {message}", where.file, None, where.path), row=run.item.row_number, template=True
-    )
+    sink.add(Problem(f"step {step.id!r}: {message}", file, line, "download.path"), row=found.label, template=True)

@@ -74,6 +74,7 @@ class RunSettings:
     max_failures: FailureLimit = FailureLimit()
     max_starts: int | None = None
     webhook: WebhookSettings | None = None
+    max_credits: float | None = None  # never commit more (estimated) credits than this in one invocation
 
 
 @dataclass(frozen=True)
@@ -87,17 +88,48 @@ class Step:
     needs: tuple[str, ...] = ()
     concurrency: int | None = None
     line: int | None = None  # line of the step in the pipeline file, for messages
+    input_lines: Mapping[str, int] = field(default_factory=dict)  # input name -> its line, for messages
 
 
 @dataclass(frozen=True)
 class MatrixSpec:
-    """The `matrix:` block: exactly one of `csv` (absolute path) or `rows`."""
+    """The `matrix:` block: exactly one source, `csv` or `xlsx` (absolute paths) or `rows`.
+
+    A source given as an https:// URL has `url` set and its path None until `sources.localize` fetched it
+    (then the path is the local copy and `url` stays, for messages). `header_row` None: the sheet's first
+    non-empty row. `lines` maps a matrix key (`csv`, `key`, `where`, ...) to its line in the pipeline file,
+    `row_lines` gives each inline row's line."""
 
     csv: Path | None = None
     rows: tuple[Mapping[str, str], ...] | None = None
     key: str | None = None
     where: str | None = None
     axes: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    xlsx: Path | None = None
+    sheet: str | int | None = None  # a sheet name or 1-based index; None: the first sheet
+    header_row: int | None = None
+    delimiter: str | None = None  # None: ',' (and a header that looks otherwise separated is refused)
+    fill_down: tuple[str, ...] = ()
+    url: str | None = None
+    lines: Mapping[str, int] = field(default_factory=dict)
+    row_lines: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReviewSpec:
+    """The `review:` block: `vary` maps an input (key, name or id) to a template used from attempt 2 on."""
+
+    vary: Mapping[str, str] = field(default_factory=dict)
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """The `report:` block: `columns`, the row columns a gallery card or review tile shows (None: the ones the
+    templates use)."""
+
+    columns: tuple[str, ...] | None = None
+    line: int | None = None
 
 
 @dataclass(frozen=True)
@@ -106,6 +138,7 @@ class DownloadSpec:
 
     path: str
     base_dir: Path
+    line: int | None = None  # line of `download.path` in the pipeline file, for messages
 
 
 @dataclass(frozen=True)
@@ -120,6 +153,8 @@ class Pipeline:
     run: RunSettings
     manifest: Path
     download: DownloadSpec | None = None
+    review: ReviewSpec = ReviewSpec()
+    report: ReportSpec = ReportSpec()
 
     def step(self, step_id: str) -> Step:
         for s in self.steps:

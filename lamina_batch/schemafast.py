@@ -29,6 +29,7 @@ SUPPORTED = frozenset(
         "enum",
         "oneOf",
         "minLength",
+        "maxLength",
         "pattern",
         "minimum",
     }
@@ -97,7 +98,8 @@ def _array_ok(schema: Mapping[str, Any], data: list[Any]) -> bool:
 
 
 def _string_ok(schema: Mapping[str, Any], data: str) -> bool:
-    if len(data) < schema.get("minLength", 0):
+    # JSON Schema counts code points, as len() does
+    if len(data) < schema.get("minLength", 0) or len(data) > schema.get("maxLength", len(data)):
         return False
     pattern = schema.get("pattern")
     return pattern is None or _regex(pattern).search(data) is not None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -22,6 +22,8 @@ from lamina_batch.models import (
     MatrixSpec,
     Pipeline,
     Rate,
+    ReportSpec,
+    ReviewSpec,
     RunSettings,
     Step,
     WebhookSettings,
@@ -47,24 +49,33 @@ JsonPath = tuple[str | int, ...]
 
 # --------------------------------------------------------------------------- durations, rates, limits
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*$")
+_DURATION_UNIT = r"(ms|min|s|m|h)"
+_DURATION = re.compile(rf"^\s*(\d+(?:\.\d+)?)\s*{_DURATION_UNIT}?\s*$")
+_DURATION_COMPOUND = re.compile(rf"^\s*(?:\d+(?:\.\d+)?\s*{_DURATION_UNIT}\s*)+$")
+_DURATION_PART = re.compile(rf"(\d+(?:\.\d+)?)\s*{_DURATION_UNIT}")
 _DURATION_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+_DURATION_FORMS = "use 90, 90s, 15m or 2h, or a compound like 1h30m"
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$")
 _RATE_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0}
 _RATE_UNITS |= {"h": 3600.0, "hour": 3600.0}
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from 90, "90", "90s", "15m" or "2h"; ValueError with the accepted forms otherwise."""
+    """Seconds from 90, "90", "90s", "15m", "2h" or a compound such as "1h30m"; ValueError with the accepted
+    forms otherwise."""
     if isinstance(value, bool):
-        raise ValueError(f"invalid duration {value!r} (use 90, 90s, 15m or 2h)")
+        raise ValueError(f"invalid duration {value!r} ({_DURATION_FORMS})")
     if isinstance(value, int | float):
         seconds = float(value)
     else:
-        m = _DURATION.match(str(value))
-        if not m:
-            raise ValueError(f"invalid duration {value!r} (use 90, 90s, 15m or 2h)")
-        seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        text = str(value)
+        m = _DURATION.match(text)
+        if m:
+            seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        elif _DURATION_COMPOUND.match(text):
+            seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
+        else:
+            raise ValueError(f"invalid duration {value!r} ({_DURATION_FORMS})")
     if not seconds > 0 or seconds == float("inf"):
         raise ValueError(f"invalid duration {value!r}: must be more than 0")
     return seconds
@@ -99,6 +110,23 @@ def parse_failure_limit(value: object) -> FailureLimit:
     if re.fullmatch(r"\d+", text):
         return FailureLimit(fraction=None, count=int(text))
     raise ValueError(f"invalid max_failures {value!r} (use a share like 20% or a count like 5)")
+
+
+_RUN_PARSERS: dict[str, Callable[[object], object]] = {
+    "rate_limit": parse_rate,
+    "poll_interval": parse_duration,
+    "timeout": parse_duration,
+    "max_failures": parse_failure_limit,
+}
+
+
+def _parse_message(key: str, value: object) -> str:
+    """The parser's own words for a run setting the schema's pattern refused."""
+    try:
+        _RUN_PARSERS[key](value)
+    except ValueError as e:
+        return str(e)
+    return f"invalid value {value!r}"
 
 
 # --------------------------------------------------------------------------- YAML with line numbers
@@ -184,6 +212,26 @@ def _node_lines(node: yaml.Node) -> dict[JsonPath, int]:
     return lines
 
 
+# `Prompt: {{ row.Title }}` unquoted: YAML reads `{` as the start of a mapping, so the error it gives is about
+# mapping keys or block ends, never about the template the user meant.
+_UNQUOTED_TEMPLATE = re.compile(r"^(\s*(?:-\s+)?[^\s#'\"{][^:#]*?:\s+)(\{[{%].*?)\s*$")
+
+
+def _unquoted_template(text: str, line: int | None) -> tuple[str, str] | None:
+    """(message, hint) when the error's line holds a mapping value that starts with `{{` or `{%` unquoted."""
+    if line is None:
+        return None
+    lines = text.splitlines()
+    if not 0 < line <= len(lines):
+        return None
+    m = _UNQUOTED_TEMPLATE.match(lines[line - 1])
+    if m is None:
+        return None
+    key, value = m.group(1).strip(), m.group(2)
+    quoted = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return "a Jinja template must be quoted in YAML: quote the template", f"write {key} {quoted}"
+
+
 def _load_yaml(text: str, file: str) -> tuple[Any, dict[JsonPath, int]]:
     loader: _LineLoader | None = None
     try:
@@ -196,6 +244,9 @@ def _load_yaml(text: str, file: str) -> tuple[Any, dict[JsonPath, int]]:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark is not None else None
+        unquoted = _unquoted_template(text, line)
+        if unquoted is not None:
+            raise SpecError(Problem(unquoted[0], file=file, line=line, hint=unquoted[1])) from None
         message = " ".join(str(x) for x in (e.context, e.problem) if x) or "invalid YAML"
         if not isinstance(e, _YamlRefused):
             message = f"YAML syntax error: {message}"
@@ -295,13 +346,10 @@ def _schema_problems(data: Any, lines: Mapping[JsonPath, int], file: str) -> lis
     errors = sorted(_validator().iter_errors(data), key=lambda e: _line_for(lines, e.absolute_path) or 0)
     for err in errors:
         path = tuple(err.absolute_path)
-        line = _line_for(lines, path)
         where = format_path(path) or None
-        kind = err.validator
-        if kind == "additionalProperties" and isinstance(err.instance, dict):
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
             allowed = list(err.schema.get("properties", {}))
-            extra = [k for k in err.instance if k not in allowed]
-            for key in extra:
+            for key in [k for k in err.instance if k not in allowed]:
                 problems.append(
                     Problem(
                         f"unknown key {key!r}",
@@ -312,44 +360,53 @@ def _schema_problems(data: Any, lines: Mapping[JsonPath, int], file: str) -> lis
                     )
                 )
             continue
-        if kind == "required":
-            missing = [k for k in err.validator_value if isinstance(err.instance, dict) and k not in err.instance]
-            message = ", ".join(f"missing required key {k!r}" for k in missing) or err.message
-        elif kind == "type":
-            expected = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
-            names = " or ".join(_JSON_TYPES.get(str(t), str(t)) for t in expected)
-            message = f"expected {names}, got {_type_name(err.instance)} {_short(err.instance)}"
-        elif kind == "const" and path == ("version",):
-            message = f"unsupported spec version {_short(err.instance)}; this lamina-batch reads version 1"
-        elif kind == "enum":
-            options = ", ".join(repr(v) for v in err.validator_value)
-            message = f"{_short(err.instance)} is not one of {options}"
-            if isinstance(err.instance, str):
-                hint = templates.did_you_mean(err.instance, [str(v) for v in err.validator_value])
-                problems.append(Problem(message, file=file, line=line, path=where, hint=hint))
-                continue
-        elif kind == "oneOf" and path == ("matrix",):
-            both = isinstance(err.instance, dict) and "csv" in err.instance and "rows" in err.instance
-            message = "set only one of 'csv' or 'rows', not both" if both else "one of 'csv' or 'rows' is required"
-        elif kind == "pattern" and len(path) == 3 and path[0] == "steps" and path[2] == "id":
-            message = f"invalid step id {_short(err.instance)}: use lowercase letters, digits, '_' or '-'"
-        elif kind == "pattern" and path[:1] == ("run",):
-            message = f"invalid value {_short(err.instance)}"
-            hint = "use http(s)://HOST/PATH" if path[-1] == "url" else "use HOST:PORT, e.g. 127.0.0.1:8787"
-            problems.append(Problem(message, file=file, line=line, path=where, hint=hint))
-            continue
-        elif kind == "propertyNames":
-            message = f"invalid axis name {_short(err.instance)}: use letters, digits and '_' (not first)"
-        elif (kind == "minItems" and err.validator_value == 1) or kind == "minLength":
-            message = "must not be empty"
-        elif kind == "uniqueItems":
-            message = "has duplicate entries"
-        elif kind == "minimum":
-            message = f"must be at least {err.validator_value}, got {_short(err.instance)}"
-        else:
-            message = err.message if len(err.message) <= 200 else err.message[:197] + "..."
-        problems.append(Problem(message, file=file, line=line, path=where))
+        message, hint = _schema_message(err, path)
+        problems.append(Problem(message, file=file, line=_line_for(lines, path), path=where, hint=hint))
     return problems
+
+
+def _schema_message(err: jsonschema.ValidationError, path: JsonPath) -> tuple[str, str | None]:
+    """(message, hint) in the user's words for one schema error."""
+    kind = err.validator
+    value: Any = err.validator_value  # typed Any | Unset; set for every validator that reaches here
+    if kind == "required":
+        missing = [k for k in value if isinstance(err.instance, dict) and k not in err.instance]
+        return ", ".join(f"missing required key {k!r}" for k in missing) or err.message, None
+    if kind == "type":
+        expected = value if isinstance(value, list) else [value]
+        names = " or ".join(_JSON_TYPES.get(str(t), str(t)) for t in expected)
+        return f"expected {names}, got {_type_name(err.instance)} {_short(err.instance)}", None
+    if kind == "const" and path == ("version",):
+        return f"unsupported spec version {_short(err.instance)}; this lamina-batch reads version 1", None
+    if kind == "enum":
+        options = ", ".join(repr(v) for v in value)
+        hint = None
+        if isinstance(err.instance, str):
+            hint = templates.did_you_mean(err.instance, [str(v) for v in value])
+        return f"{_short(err.instance)} is not one of {options}", hint
+    if kind == "oneOf" and path == ("matrix",):
+        given = [k for k in _SOURCES if isinstance(err.instance, dict) and k in err.instance]
+        if len(given) > 1:
+            return f"set only one of {' or '.join(repr(k) for k in given)}, not both", None
+        return "one of 'csv' or 'rows' is required (or 'xlsx' for a workbook)", None
+    if kind == "pattern" and len(path) == 3 and path[0] == "steps" and path[2] == "id":
+        return f"invalid step id {_short(err.instance)}: use lowercase letters, digits, '_' or '-'", None
+    if kind == "pattern" and path[:1] == ("run",) and path[-1] in _RUN_PARSERS:
+        return _parse_message(str(path[-1]), err.instance), None
+    if kind in ("pattern", "maxLength") and path == ("matrix", "delimiter"):
+        return f"invalid delimiter {_short(err.instance)}: one character, such as ',' ';' '|' or a tab", None
+    if kind == "pattern" and path[:1] == ("run",):
+        hint = "use http(s)://HOST/PATH" if path[-1] == "url" else "use HOST:PORT, e.g. 127.0.0.1:8787"
+        return f"invalid value {_short(err.instance)}", hint
+    if kind == "propertyNames":
+        return f"invalid axis name {_short(err.instance)}: use letters, digits and '_' (not first)", None
+    if (kind == "minItems" and value == 1) or kind == "minLength":
+        return "must not be empty", None
+    if kind == "uniqueItems":
+        return "has duplicate entries", None
+    if kind == "minimum":
+        return f"must be at least {value}, got {_short(err.instance)}", None
+    return (err.message if len(err.message) <= 200 else err.message[:197] + "..."), None
 
 
 # --------------------------------------------------------------------------- cross-field checks
@@ -465,14 +522,66 @@ def _template_problems(
 
 
 def _cross_problems(data: dict[str, Any], lines: Mapping[JsonPath, int], file: str) -> list[Problem]:
-    problems: list[Problem] = []
-    raw_steps = _as_list(data.get("steps"))
-    steps = [s if isinstance(s, dict) else {} for s in raw_steps]
+    steps = [s if isinstance(s, dict) else {} for s in _as_list(data.get("steps"))]
     ids = [s["id"] for s in steps if isinstance(s.get("id"), str)]
-    matrix = _as_dict(data.get("matrix"))
-    raw_axes = matrix.get("axes")
+    raw_axes = _as_dict(data.get("matrix")).get("axes")
     axis_names = list(raw_axes) if isinstance(raw_axes, dict) else []
+    problems = _step_problems(steps, ids, lines, file)
+    ancestors = _ancestors(steps)
+    for i, s in enumerate(steps):
+        sid = s.get("id")
+        allowed = ancestors.get(sid, set()) if isinstance(sid, str) else set()
+        for name, value in _as_dict(s.get("inputs")).items():
+            if isinstance(value, str) and templates.is_template(value):
+                at: JsonPath = ("steps", i, "inputs", name)
+                problems += _template_problems(
+                    value,
+                    file=file,
+                    line=_line_for(lines, at),
+                    where=format_path(at),
+                    step_ids=ids,
+                    allowed_steps=allowed,
+                    axes=axis_names,
+                )
+    problems += _matrix_problems(_as_dict(data.get("matrix")), ids, lines, file)
+    path = _as_dict(data.get("download")).get("path")
+    if isinstance(path, str):
+        problems += _template_problems(
+            path,
+            file=file,
+            line=_line_for(lines, ("download", "path")),
+            where="download.path",
+            step_ids=ids,
+            allowed_steps=set(ids),
+            axes=axis_names,
+        )
+    for name, value in _as_dict(_as_dict(data.get("review")).get("vary")).items():
+        if isinstance(value, str) and templates.is_template(value):
+            at = ("review", "vary", str(name))
+            problems += _template_problems(
+                value,
+                file=file,
+                line=_line_for(lines, at),
+                where=format_path(at),
+                step_ids=ids,
+                allowed_steps=set(ids),
+                axes=axis_names,
+            )
+    run = _as_dict(data.get("run"))
+    for key in _RUN_PARSERS:
+        if key in run and isinstance(run[key], str | int | float):
+            try:
+                _RUN_PARSERS[key](run[key])
+            except ValueError as e:
+                problems.append(Problem(str(e), file=file, line=_line_for(lines, ("run", key)), path=f"run.{key}"))
+    return problems + _placeholder_problems(data, lines, file)
 
+
+def _step_problems(
+    steps: list[dict[str, Any]], ids: list[str], lines: Mapping[JsonPath, int], file: str
+) -> list[Problem]:
+    """Duplicate step ids, unknown needs and cycles."""
+    problems: list[Problem] = []
     first_at: dict[str, int] = {}
     for i, s in enumerate(steps):
         sid = s.get("id")
@@ -511,22 +620,21 @@ def _cross_problems(data: dict[str, Any], lines: Mapping[JsonPath, int], file: s
                 path=f"steps[{at}].needs",
             )
         )
+    return problems
 
-    ancestors = _ancestors(steps)
-    for i, s in enumerate(steps):
-        sid = s.get("id")
-        allowed = ancestors.get(sid, set()) if isinstance(sid, str) else set()
-        for name, value in _as_dict(s.get("inputs")).items():
-            if isinstance(value, str) and templates.is_template(value):
-                problems += _template_problems(
-                    value,
-                    file=file,
-                    line=_line_for(lines, ("steps", i, "inputs", name)),
-                    where=format_path(("steps", i, "inputs", name)),
-                    step_ids=ids,
-                    allowed_steps=allowed,
-                    axes=axis_names,
-                )
+
+_SOURCES = ("csv", "xlsx", "rows")
+WORKBOOK_SUFFIXES = (".xlsx", ".xlsm", ".xls", ".ods")
+
+
+def _matrix_problems(matrix: dict[str, Any], ids: list[str], lines: Mapping[JsonPath, int], file: str) -> list[Problem]:
+    """`where`, the source's URL or suffix, and keys that belong to another kind of source."""
+    problems: list[Problem] = []
+
+    def add(key: str, message: str, hint: str | None = None) -> None:
+        problems.append(
+            Problem(message, file=file, line=_line_for(lines, ("matrix", key)), path=f"matrix.{key}", hint=hint)
+        )
 
     where = matrix.get("where")
     if isinstance(where, str) and where.strip():
@@ -541,41 +649,49 @@ def _cross_problems(data: dict[str, Any], lines: Mapping[JsonPath, int], file: s
             expression=True,
         )
         if not found and templates.uses_name("{{ " + where + " }}", "steps"):
-            found.append(
+            add("where", "where cannot use steps (it filters rows before anything runs)")
+        problems += found
+    for key in ("csv", "xlsx"):
+        value = matrix.get(key)
+        if not isinstance(value, str) or not value:
+            continue
+        if "://" in value and not value.startswith("https://"):
+            add(key, f"only https:// URLs are fetched, not {value.split('://', 1)[0]}://")
+        elif key == "xlsx" and "://" not in value and Path(value).suffix.lower() not in WORKBOOK_SUFFIXES:
+            hint = "use matrix.csv for a CSV file" if Path(value).suffix.lower() in (".csv", ".tsv", ".txt") else None
+            add(key, f"a workbook must be .xlsx, .xlsm, .xls or .ods, not {value!r}", hint)
+    if "xlsx" not in matrix:
+        for key in ("sheet", "header_row"):
+            if key in matrix:
+                add(key, f"matrix.{key} applies to a workbook (matrix.xlsx) only")
+    if "csv" not in matrix and "delimiter" in matrix:
+        add("delimiter", "matrix.delimiter applies to matrix.csv only")
+    return problems
+
+
+_PLACEHOLDER = re.compile(r"^\s*TODO\b")
+
+
+def _placeholder_problems(data: Any, lines: Mapping[JsonPath, int], file: str) -> list[Problem]:
+    """`TODO: ...` values are what `init` writes where it could not choose: a pipeline keeping one is unfinished."""
+    problems: list[Problem] = []
+    stack: list[tuple[JsonPath, Any]] = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            stack += [((*path, str(k)), v) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [((*path, i), v) for i, v in enumerate(value)]
+        elif isinstance(value, str) and _PLACEHOLDER.match(value):
+            problems.append(
                 Problem(
-                    "where cannot use steps (it filters rows before anything runs)",
+                    f"placeholder {_short(value)} left to fill in",
                     file=file,
-                    line=_line_for(lines, ("matrix", "where")),
-                    path="matrix.where",
+                    line=_line_for(lines, path),
+                    path=format_path(path) or None,
+                    hint="replace it with a value or a template",
                 )
             )
-        problems += found
-
-    path = _as_dict(data.get("download")).get("path")
-    if isinstance(path, str):
-        problems += _template_problems(
-            path,
-            file=file,
-            line=_line_for(lines, ("download", "path")),
-            where="download.path",
-            step_ids=ids,
-            allowed_steps=set(ids),
-            axes=axis_names,
-        )
-
-    run = _as_dict(data.get("run"))
-    parsers: dict[str, Any] = {
-        "rate_limit": parse_rate,
-        "poll_interval": parse_duration,
-        "timeout": parse_duration,
-        "max_failures": parse_failure_limit,
-    }
-    for key, parse in parsers.items():
-        if key in run and isinstance(run[key], str | int | float):
-            try:
-                parse(run[key])
-            except ValueError as e:
-                problems.append(Problem(str(e), file=file, line=_line_for(lines, ("run", key)), path=f"run.{key}"))
     return problems
 
 
@@ -590,23 +706,42 @@ def _stringify(value: Any) -> str:
     return str(value)
 
 
-def _build(data: dict[str, Any], path: Path, lines: Mapping[JsonPath, int]) -> Pipeline:
-    base = path.resolve().parent
-    stem = path.stem
-    m = data["matrix"]
+def _source(base: Path, value: str | None) -> tuple[Path | None, str | None]:
+    """(local path, https URL) of a csv/xlsx source; a URL has no local path until it is fetched."""
+    if value is None:
+        return None, None
+    if value.startswith("https://"):
+        return None, value
+    return base / value, None
+
+
+def _build_matrix(m: dict[str, Any], base: Path, lines: Mapping[JsonPath, int]) -> MatrixSpec:
     rows = None
     if "rows" in m:
         rows = tuple({str(k): _stringify(v) for k, v in r.items()} for r in m["rows"])
-    matrix = MatrixSpec(
-        csv=(base / m["csv"]) if "csv" in m else None,
+    csv, csv_url = _source(base, m.get("csv"))
+    xlsx, xlsx_url = _source(base, m.get("xlsx"))
+    return MatrixSpec(
+        csv=csv,
         rows=rows,
         key=m.get("key"),
         where=m.get("where"),
         axes=tuple((name, tuple(_stringify(v) for v in values)) for name, values in m.get("axes", {}).items()),
+        xlsx=xlsx,
+        sheet=m.get("sheet"),
+        header_row=m.get("header_row"),
+        delimiter=m.get("delimiter"),
+        fill_down=tuple(m.get("fill_down", ())),
+        url=csv_url or xlsx_url,
+        lines={str(k): line for k in m if (line := _line_for(lines, ("matrix", k))) is not None},
+        row_lines=tuple(_line_for(lines, ("matrix", "rows", i)) or 0 for i in range(len(rows or ()))),
     )
+
+
+def _build_steps(data: dict[str, Any], lines: Mapping[JsonPath, int]) -> tuple[Step, ...]:
     raw_steps: list[dict[str, Any]] = data["steps"]
     order, _ = _topological(raw_steps)
-    steps = tuple(
+    return tuple(
         Step(
             id=raw_steps[i]["id"],
             app=raw_steps[i]["app"],
@@ -615,15 +750,22 @@ def _build(data: dict[str, Any], path: Path, lines: Mapping[JsonPath, int]) -> P
             needs=tuple(raw_steps[i].get("needs", ())),
             concurrency=raw_steps[i].get("concurrency"),
             line=_line_for(lines, ("steps", i)),
+            input_lines={
+                name: line
+                for name in raw_steps[i].get("inputs", {})
+                if (line := _line_for(lines, ("steps", i, "inputs", name))) is not None
+            },
         )
         for i in order
     )
-    r = data.get("run", {})
+
+
+def _build_run(r: dict[str, Any]) -> RunSettings:
     defaults = RunSettings()
     webhook = None
     if "webhook" in r:
         webhook = WebhookSettings(url=r["webhook"]["url"], listen=r["webhook"].get("listen", "127.0.0.1:8787"))
-    run = RunSettings(
+    return RunSettings(
         concurrency=r.get("concurrency", defaults.concurrency),
         rate_limit=parse_rate(r["rate_limit"]) if "rate_limit" in r else defaults.rate_limit,
         rate_limit_explicit="rate_limit" in r,
@@ -633,17 +775,34 @@ def _build(data: dict[str, Any], path: Path, lines: Mapping[JsonPath, int]) -> P
         max_failures=parse_failure_limit(r["max_failures"]) if "max_failures" in r else defaults.max_failures,
         max_starts=r.get("max_starts"),
         webhook=webhook,
+        max_credits=float(r["max_credits"]) if "max_credits" in r else None,
     )
-    download = DownloadSpec(path=data["download"]["path"], base_dir=base) if "download" in data else None
+
+
+def _build(data: dict[str, Any], path: Path, lines: Mapping[JsonPath, int]) -> Pipeline:
+    base = path.resolve().parent
+    stem = path.stem
+    download = None
+    if "download" in data:
+        download = DownloadSpec(
+            path=data["download"]["path"], base_dir=base, line=_line_for(lines, ("download", "path"))
+        )
+    review = _as_dict(data.get("review"))
+    columns = _as_dict(data.get("report")).get("columns")
     return Pipeline(
         path=path.resolve(),
         name=data.get("name", stem),
         api=data.get("api", "runs"),
-        matrix=matrix,
-        steps=steps,
-        run=run,
+        matrix=_build_matrix(data["matrix"], base, lines),
+        steps=_build_steps(data, lines),
+        run=_build_run(data.get("run", {})),
         manifest=base / data.get("manifest", f"{stem}.lamina.sqlite"),
         download=download,
+        review=ReviewSpec(vary=dict(review.get("vary", {})), line=_line_for(lines, ("review",)) if review else None),
+        report=ReportSpec(
+            columns=tuple(columns) if columns is not None else None,
+            line=_line_for(lines, ("report", "columns")) if columns is not None else None,
+        ),
     )
 
 
@@ -657,7 +816,8 @@ def parse_pipeline_text(text: str, path: Path | str, *, display: str | None = No
     problems = _schema_problems(data, lines, file)
     problems += _cross_problems(data, lines, file)
     if problems:
-        raise SpecError(sorted(problems, key=lambda p: p.line or 0))
+        # a schema pattern and a cross-field check may say the same thing about one value: say it once
+        raise SpecError(sorted(dict.fromkeys(problems), key=lambda p: p.line or 0))
     return _build(data, path, lines)
 
 

@@ -1,32 +1,39 @@
-"""The Jinja sandbox every pipeline template runs in: immutable, StrictUndefined, size caps, the `slug` filter,
-a compile cache, static reference analysis (which columns / axes / steps a template names) and download paths.
+"""Pipeline templates on the sandbox of `sandbox.py`: compile caches, the fast path for plain lookups, rendering
+with the output cap, the `slug` filter, static reference analysis (which columns / axes / steps a template names),
+plan-time placeholders and download paths.
 """
 
 from __future__ import annotations
 
-import difflib
 import functools
 import operator
 import re
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jinja2
 from jinja2 import nodes
 from jinja2.exceptions import SecurityError
 from jinja2.parser import Parser
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from lamina_batch.errors import Problem, TemplateError
 from lamina_batch.models import Pipeline, PlannedRun, RunOutput
+from lamina_batch.sandbox import (
+    ENV,
+    MAX_RENDERED_CHARS,
+    Namespace,
+    TemplateTooComplex,
+    did_you_mean,
+    end_budget,
+    guard,
+    new_budget,
+)
 
 MAX_TEMPLATE_CHARS = 10_000
-MAX_RENDERED_CHARS = 100_000
-# `**` on big ints is the cheapest way to burn CPU and memory from a template.
-_MAX_POW_EXPONENT = 1_000
 
 __all__ = [
+    "ENV",
     "MAX_RENDERED_CHARS",
     "MAX_TEMPLATE_CHARS",
     "CompiledExpression",
@@ -45,72 +52,6 @@ __all__ = [
 ]
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
-    """A `did you mean 'x'?` hint for a misspelt name, or None when nothing is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"did you mean {close[0]!r}?" if close else None
-
-
-class Namespace(dict[str, Any]):
-    """A dict whose keys win over dict methods in templates (a column named `items` must mean the column) and
-    whose missing keys produce a message naming what exists, e.g. `no column 'nme' (did you mean 'name'?)`."""
-
-    __slots__ = ("_kind",)
-
-    def __init__(self, kind: str, *args: Any, **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self._kind = kind
-
-    def missing_message(self, name: object) -> str:
-        names = [str(k) for k in self]
-        text = f"no {self._kind} {name!r}"
-        hint = did_you_mean(str(name), names)
-        listing = ", ".join(names[:30]) + (", ..." if len(names) > 30 else "")
-        extra = [hint] if hint else []
-        extra.append(f"{self._kind}s: {listing}" if names else f"there are no {self._kind}s")
-        return f"{text} ({'; '.join(extra)})"
-
-
-class _Undefined(jinja2.StrictUndefined):
-    __slots__ = ()
-
-    @property
-    def _undefined_message(self) -> str:
-        obj = self._undefined_obj
-        if isinstance(obj, Namespace):
-            return obj.missing_message(self._undefined_name)
-        return str(super()._undefined_message)
-
-
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """The immutable sandbox, plus caps on the operators that can allocate without bound."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        if type(obj) is Namespace and attribute in obj:
-            return obj[attribute]
-        if type(obj) is Namespace and not hasattr(dict, attribute):
-            return self.undefined(obj=obj, name=attribute)
-        return super().getattr(obj, attribute)
-
-    def getitem(self, obj: Any, argument: Any) -> Any:
-        if type(obj) is Namespace and isinstance(argument, str):
-            if argument in obj:
-                return obj[argument]
-            return self.undefined(obj=obj, name=argument)
-        return super().getitem(obj, argument)
-
-    def call_binop(self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "*":
-            for seq, n in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(n, int) and len(seq) * n > MAX_RENDERED_CHARS:
-                    raise SecurityError(f"repetition result is longer than {MAX_RENDERED_CHARS} items")
-        if operator == "**" and isinstance(right, int | float) and abs(right) > _MAX_POW_EXPONENT:
-            raise SecurityError(f"exponent larger than {_MAX_POW_EXPONENT}")
-        return super().call_binop(context, operator, left, right)
-
-
 _SLUG_DROP = re.compile(r"[^a-z0-9]+")
 
 
@@ -120,25 +61,7 @@ def slug(value: Any) -> str:
     return _SLUG_DROP.sub("-", text).strip("-")
 
 
-def _capped_center(value: Any, width: int = 80) -> str:
-    return str(value).center(min(int(width), MAX_RENDERED_CHARS))
-
-
-def _capped_indent(value: Any, width: int | str = 4, first: bool = False, blank: bool = False) -> str:
-    if (isinstance(width, str) and len(width) > 100) or (isinstance(width, int) and width > 100):
-        raise SecurityError("indent wider than 100")
-    return str(jinja2.filters.do_indent(str(value), width, first, blank))
-
-
-def _make_env() -> _Sandbox:
-    env = _Sandbox(undefined=_Undefined, autoescape=False, keep_trailing_newline=True)
-    env.filters["slug"] = slug
-    env.filters["center"] = _capped_center
-    env.filters["indent"] = _capped_indent
-    return env
-
-
-ENV = _make_env()
+ENV.filters["slug"] = slug
 
 
 def is_template(value: object) -> bool:
@@ -195,17 +118,35 @@ def _simple_parts(tree: nodes.Template) -> tuple[str | Lookup, ...] | None:
     return tuple(parts)
 
 
+_TOO_DEEP = "template nests brackets, filters or blocks too deeply to read; split it up or use fewer nested brackets"
+
+
+def _parse(source: str) -> nodes.Template:
+    """Parse with every failure as a TemplateError (a syntax error, or nesting deeper than Python's recursion)."""
+    try:
+        return ENV.parse(source)
+    except jinja2.TemplateSyntaxError as e:
+        raise TemplateError(_syntax_message(e)) from None
+    except RecursionError:
+        raise TemplateError(_TOO_DEEP) from None
+
+
+def _compile(tree: nodes.Template) -> jinja2.Template:
+    """The guarded, compiled template (Python's own compiler has nesting limits too: 200 brackets)."""
+    try:
+        return ENV.from_string(guard(tree))
+    except (RecursionError, SyntaxError, MemoryError):
+        raise TemplateError(_TOO_DEEP) from None
+
+
 @functools.lru_cache(maxsize=4096)
 def compile_template(source: str) -> CompiledTemplate:
     """Parse once and cache; raises TemplateError (message only, callers add the location)."""
     if len(source) > MAX_TEMPLATE_CHARS:
         raise TemplateError(f"template is {len(source)} characters, the limit is {MAX_TEMPLATE_CHARS}")
-    try:
-        tree = ENV.parse(source)
-        template = ENV.from_string(source)
-    except jinja2.TemplateSyntaxError as e:
-        raise TemplateError(_syntax_message(e)) from None
-    return CompiledTemplate(source, template, _simple_parts(tree))
+    tree = _parse(source)
+    parts = _simple_parts(tree)  # before guard() rewrites the tree
+    return CompiledTemplate(source, _compile(tree), parts)
 
 
 class CompiledExpression:
@@ -290,12 +231,14 @@ def compile_expression(source: str) -> CompiledExpression:
         expr = parser.parse_expression()
         if not parser.stream.eos:
             raise jinja2.TemplateSyntaxError("chunk after expression", parser.stream.current.lineno, None, None)
-        expr.set_environment(ENV)
-        body = [nodes.Assign(nodes.Name("result", "store"), expr, lineno=1)]
-        template = ENV.from_string(nodes.Template(body, lineno=1))
+        tree = _closure(expr) if _is_simple(expr) else None
     except jinja2.TemplateSyntaxError as e:
         raise TemplateError(_syntax_message(e)) from None
-    return CompiledExpression(source, template, _closure(expr) if _is_simple(expr) else None)
+    except RecursionError:
+        raise TemplateError(_TOO_DEEP) from None
+    body = nodes.Template([nodes.Assign(nodes.Name("result", "store"), expr, lineno=1)], lineno=1)
+    body.set_environment(ENV)
+    return CompiledExpression(source, _compile(body), tree)
 
 
 def _syntax_message(e: jinja2.TemplateSyntaxError) -> str:
@@ -306,6 +249,8 @@ def _syntax_message(e: jinja2.TemplateSyntaxError) -> str:
 def _failure(e: Exception) -> TemplateError:
     if isinstance(e, jinja2.UndefinedError):
         return TemplateError(str(e.message))
+    if isinstance(e, TemplateTooComplex):
+        return TemplateError(f"template does too much: {e}")
     if isinstance(e, SecurityError):
         return TemplateError(f"not allowed in a template: {e}")
     if isinstance(e, jinja2.TemplateError):
@@ -336,7 +281,9 @@ def render(template: CompiledTemplate, context: Mapping[str, Any]) -> str:
         return text
     size = 0
     parts: list[str] = []
+    token = new_budget()
     try:
+        # the output is checked chunk by chunk as it is produced, so a long render stops at the cap
         for chunk in template.template.root_render_func(_new_context(template.template, context)):
             size += len(chunk)
             if size > MAX_RENDERED_CHARS:
@@ -346,6 +293,8 @@ def render(template: CompiledTemplate, context: Mapping[str, Any]) -> str:
         raise
     except Exception as e:  # the template is user code: any failure of it is a user error, not ours
         raise _failure(e) from None
+    finally:
+        end_budget(token)
     return "".join(parts)
 
 
@@ -373,11 +322,14 @@ def evaluate(expression: CompiledExpression, context: Mapping[str, Any]) -> Any:
         except Exception as e:  # user code, as in render()
             raise _failure(e) from None
     ctx = _new_context(expression.template, context)
+    token = new_budget()
     try:
         for _ in expression.template.root_render_func(ctx):
             pass
     except Exception as e:  # user code, as in render()
         raise _failure(e) from None
+    finally:
+        end_budget(token)
     return ctx.vars["result"]
 
 
@@ -388,10 +340,9 @@ def referenced(source: str, name: str) -> set[str]:
     """Attribute names used on the top-level variable `name`: `{{ steps.hero.output }}` -> {'hero'} for
     'steps'. Constant subscripts (`row['Product Name']`) count too. Raises TemplateError on a syntax error."""
     try:
-        tree = ENV.parse(source)
-    except jinja2.TemplateSyntaxError as e:
-        raise TemplateError(_syntax_message(e)) from None
-    return _referenced_in(tree, name)
+        return _referenced_in(_parse(source), name)
+    except RecursionError:
+        raise TemplateError(_TOO_DEEP) from None
 
 
 def referenced_in_expression(source: str, name: str) -> set[str]:
@@ -419,10 +370,9 @@ def _referenced_in(tree: nodes.Node, name: str) -> set[str]:
 def uses_name(source: str, name: str) -> bool:
     """True if the template loads the top-level variable `name` at all."""
     try:
-        tree = ENV.parse(source)
-    except jinja2.TemplateSyntaxError as e:
-        raise TemplateError(_syntax_message(e)) from None
-    return any(n.name == name and n.ctx == "load" for n in tree.find_all(nodes.Name))
+        return any(n.name == name and n.ctx == "load" for n in _parse(source).find_all(nodes.Name))
+    except RecursionError:
+        raise TemplateError(_TOO_DEEP) from None
 
 
 # --------------------------------------------------------------------------- context helpers
@@ -502,14 +452,18 @@ def render_download_path(
     index: int,
     ext: str,
     upstream: Mapping[str, Sequence[RunOutput]],
+    *,
+    attempt: int = 1,
 ) -> str:
-    """Render `download.path` for one output of one run (not yet checked for escapes: downloads does that)."""
+    """Render `download.path` for one output of one run (not yet checked for escapes: downloads does that).
+    `attempt` lets a redo write beside the earlier attempt's files (`{{ attempt }}` in the path)."""
     if pipeline.download is None:
         raise TemplateError(Problem("the pipeline has no download: block", file=str(pipeline.path)))
     step = pipeline.step(run.step_id)
     context = {
         "row": row_context(run.item.row),
         "row_number": run.item.row_number,
+        "attempt": attempt,
         "axes": axes_context(run.item.axes),
         "steps": steps_context(upstream),
         "step": Namespace("step field", id=step.id, app=step.app),
@@ -530,6 +484,7 @@ def render_download_path(
             Problem(
                 e.problems[0].message,
                 file=str(pipeline.path),
+                line=pipeline.download.line,
                 path=f"download.path (row {run.item.row_number}, step {run.step_id!r})",
             )
         ) from None

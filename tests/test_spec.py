@@ -248,7 +248,8 @@ def test_schema_is_valid_and_described() -> None:
                     walk(node[key], f"{path}[{key}]")
 
     walk(schema, "")
-    assert set(schema["properties"]) == {"version", "name", "api", "matrix", "steps", "download", "run", "manifest"}
+    top = {"version", "name", "api", "matrix", "steps", "download", "run", "review", "report", "manifest"}
+    assert set(schema["properties"]) == top
 
 
 def test_schema_file_matches_package_resource() -> None:
@@ -280,3 +281,161 @@ def test_loader_on_structured_garbage_raises_only_config_errors(tmp_path: Path, 
     """Well-formed YAML of the wrong shape also only ever raises ConfigError subclasses."""
     with contextlib.suppress(ConfigError):
         parse_pipeline_text(json.dumps(doc), tmp_path / "p.yaml")
+
+
+# --------------------------------------------------------------------------- this round's additions
+
+ROUND = """\
+version: 1
+matrix:
+  xlsx: data/products.xlsx
+  sheet: Products
+  header_row: 2
+  fill_down: [Title, Vendor]
+  key: Handle
+steps:
+  - id: hero
+    app: app_7Hk2
+    inputs:
+      Prompt: "Photo of {{ row.Title }}"
+      Seed: "1"
+run:
+  timeout: 1h30m
+  poll_interval: 1m 30s
+  max_credits: 2000
+review:
+  vary:
+    Seed: "{{ attempt }}"
+report:
+  columns: [Handle, Title]
+"""
+
+
+def test_round_additions_load_into_the_models(tmp_path: Path) -> None:
+    """xlsx/sheet/header_row/fill_down, max_credits, review.vary and report.columns reach the Pipeline."""
+    p = load_pipeline(_write(tmp_path, ROUND))
+    m = p.matrix
+    assert (m.xlsx, m.csv, m.url) == (tmp_path.resolve() / "data" / "products.xlsx", None, None)
+    assert (m.sheet, m.header_row, m.fill_down, m.delimiter) == ("Products", 2, ("Title", "Vendor"), None)
+    assert m.lines["fill_down"] == 6
+    assert p.run.max_credits == 2000.0
+    assert (p.run.timeout, p.run.poll_interval) == (5400.0, 90.0)
+    assert p.review.vary == {"Seed": "{{ attempt }}"}
+    assert p.report.columns == ("Handle", "Title")
+    assert p.step("hero").input_lines == {"Prompt": 12, "Seed": 13}
+    plain = load_pipeline(_write(tmp_path, GOOD, "plain.yaml"))
+    assert (plain.review.vary, plain.report.columns, plain.run.max_credits) == ({}, None, None)
+
+
+def test_csv_url_and_delimiter(tmp_path: Path) -> None:
+    """`csv: https://...` is a URL source (no local path until fetched); `delimiter` is kept."""
+    text = GOOD.replace(
+        "  rows: [{sku: A1, name: Mug, on: yes, when: 2024-01-02}]\n",
+        '  csv: "https://docs.example.com/sheet.csv?format=csv"\n  delimiter: ";"\n',
+    )
+    m = load_pipeline(_write(tmp_path, text)).matrix
+    assert (m.csv, m.url, m.delimiter) == (None, "https://docs.example.com/sheet.csv?format=csv", ";")
+
+
+@pytest.mark.parametrize(
+    ("matrix", "message"),
+    [
+        ("  csv: http://example.com/p.csv\n", "p.yaml:3: matrix.csv: only https:// URLs are fetched, not http://"),
+        ("  csv: p.csv\n  sheet: 2\n", "p.yaml:4: matrix.sheet: matrix.sheet applies to a workbook (matrix.xlsx) only"),
+        ("  rows: [{a: b}]\n  header_row: 2\n", "p.yaml:4: matrix.header_row: matrix.header_row applies to a workbook"),
+        (
+            "  xlsx: p.xlsx\n  delimiter: ';'\n",
+            "p.yaml:4: matrix.delimiter: matrix.delimiter applies to matrix.csv only",
+        ),
+        ("  csv: p.csv\n  delimiter: ';;'\n", "p.yaml:4: matrix.delimiter: invalid delimiter ';;': one character"),
+        ("  xlsx: p.xlsx\n  sheet: 0\n", "p.yaml:4: matrix.sheet: must be at least 1, got 0"),
+        ("  csv: p.csv\n  xlsx: p.xlsx\n", "p.yaml:2: matrix: set only one of 'csv' or 'xlsx', not both"),
+        ("  csv: p.csv\n  fill_down: []\n", "p.yaml:4: matrix.fill_down: must not be empty"),
+    ],
+)
+def test_matrix_source_keys_are_checked(tmp_path: Path, matrix: str, message: str) -> None:
+    """Source-specific keys on the wrong source, bad URLs and delimiters are one line each at their line."""
+    text = f"version: 1\nmatrix:\n{matrix}steps: [{{id: s, app: a}}]\n"
+    with pytest.raises(SpecError) as info:
+        parse_pipeline_text(text, tmp_path / "p.yaml")
+    assert (
+        str(info.value)
+        .splitlines()[0]
+        .startswith(str(tmp_path / message.split(":")[0]) + message[len(message.split(":")[0]) :])
+    )
+
+
+@pytest.mark.parametrize("value", ["30 mins", "1d", "fast", "1h30", "30m extra"])
+def test_durations_have_a_schema_pattern(value: str) -> None:
+    """The shipped schema itself refuses `timeout: 30 mins` (editors show it; it used to pass the schema)."""
+    doc = {"version": 1, "matrix": {"rows": []}, "steps": [{"id": "s", "app": "a"}], "run": {"timeout": value}}
+    assert not jsonschema.Draft202012Validator(load_schema()).is_valid(doc)
+
+
+def test_a_bad_duration_is_one_problem_not_two(tmp_path: Path) -> None:
+    """The schema's pattern and the parser agree on the words, so the user sees one line."""
+    text = "version: 1\nmatrix: {rows: []}\nsteps: [{id: s, app: a}]\nrun:\n  timeout: 30 mins\n  rate_limit: lots\n"
+    with pytest.raises(SpecError) as info:
+        parse_pipeline_text(text, tmp_path / "p.yaml")
+    lines = str(info.value).splitlines()
+    assert len(lines) == 2
+    assert lines[0].endswith(
+        "p.yaml:5: run.timeout: invalid duration '30 mins' (use 90, 90s, 15m or 2h, or a compound like 1h30m)"
+    )
+    assert "p.yaml:6: run.rate_limit: invalid rate 'lots'" in lines[1]
+
+
+def test_compound_durations() -> None:
+    """Durations accept compounds such as 1h30m and `2m 30s`."""
+    assert parse_duration("1h30m") == 5400.0
+    assert parse_duration("2m 30s") == 150.0
+    assert parse_duration("1h 1m 1s 500ms") == 3661.5
+    for bad in ("1h30", "h30m", "1h-30m"):
+        with pytest.raises(ValueError, match="invalid duration"):
+            parse_duration(bad)
+
+
+@pytest.mark.parametrize(
+    ("line", "fix"),
+    [
+        ("      Prompt: {{ row.Title }}\n", 'write Prompt: "{{ row.Title }}"'),
+        ("      Prompt: {{ row.Title }} on white\n", 'write Prompt: "{{ row.Title }} on white"'),
+        ("      Prompt: {% if row.a %}x{% endif %}\n", 'write Prompt: "{% if row.a %}x{% endif %}"'),
+        ('      Prompt: {{ row["Title"] }}\n', 'write Prompt: "{{ row[\\"Title\\"] }}"'),
+    ],
+)
+def test_an_unquoted_template_says_quote_it(tmp_path: Path, line: str, fix: str) -> None:
+    """`Prompt: {{ row.Title }}` unquoted is YAML's mapping syntax: the error says to quote the template."""
+    text = "version: 1\nmatrix: {rows: [{Title: a}]}\nsteps:\n  - id: s\n    app: a\n    inputs:\n" + line
+    with pytest.raises(SpecError) as info:
+        parse_pipeline_text(text, tmp_path / "p.yaml")
+    (problem,) = info.value.problems
+    assert (problem.line, problem.message) == (7, "a Jinja template must be quoted in YAML: quote the template")
+    assert problem.hint == fix
+
+
+def test_todo_placeholders_are_refused_at_their_line(tmp_path: Path) -> None:
+    """Values `init` leaves as `TODO: ...` make validate fail at each one's line."""
+    text = (
+        "version: 1\nmatrix:\n  csv: 'TODO: your products.csv'\nsteps:\n  - id: s\n    app: app_1\n    inputs:\n"
+        "      Prompt: 'TODO: describe the image'\n      Style: photo\n      Note: 'A TODO list'\n"
+    )
+    with pytest.raises(SpecError) as info:
+        parse_pipeline_text(text, tmp_path / "p.yaml")
+    problems = info.value.problems
+    assert [(p.line, p.path) for p in problems] == [(3, "matrix.csv"), (8, "steps[0].inputs.Prompt")]
+    assert problems[1].message == "placeholder 'TODO: describe the image' left to fill in"
+
+
+def test_review_vary_templates_are_checked(tmp_path: Path) -> None:
+    """review.vary entries are templates: syntax, steps and axes are checked like inputs."""
+    text = (
+        "version: 1\nmatrix: {rows: [{a: b}], axes: {aspect: ['1:1']}}\nsteps: [{id: s, app: a}]\n"
+        "review:\n  vary:\n    Seed: '{{ attempt'\n    Style: '{{ axes.aspct }}'\n    Ok: '{{ steps.s.output }}'\n"
+    )
+    with pytest.raises(SpecError) as info:
+        parse_pipeline_text(text, tmp_path / "p.yaml")
+    lines = str(info.value).splitlines()
+    assert len(lines) == 2
+    assert "p.yaml:6: review.vary.Seed: template syntax error" in lines[0]
+    assert "p.yaml:7: review.vary.Style: no axis 'aspct' (did you mean 'aspect'?)" in lines[1]

@@ -168,3 +168,11 @@ def test_render_download_path_error_names_row(tmp_path: Path) -> None:
         templates.render_download_path(pipeline, run, out, 0, ".png", {})
     assert "download.path (row 4, step 'hero')" in str(info.value)
     assert "no column 'missing'" in str(info.value)
+
+
+def test_render_download_path_takes_the_attempt(tmp_path: Path) -> None:
+    """`{{ attempt }}` in download.path lets a redo write beside the earlier attempt's file."""
+    pipeline, run = _pipeline(tmp_path, "out/{{ row.sku | slug }}-{{ attempt }}{{ output.ext }}")
+    out = RunOutput(id="o1", label="Hero Image", type="image", value="u", status="completed")
+    assert templates.render_download_path(pipeline, run, out, 0, ".png", {}) == "out/a-1-1.png"
+    assert templates.render_download_path(pipeline, run, out, 0, ".png", {}, attempt=2) == "out/a-1-2.png"
