@@ -85,6 +85,7 @@ class Step:
     needs: tuple[str, ...] = ()
     concurrency: int | None = None
     line: int | None = None  # line of the step in the pipeline file, for messages
+    input_lines: Mapping[str, int] = field(default_factory=dict)  # input name -> line of its key, for messages
 
 
 @dataclass(frozen=True)

@@ -615,6 +615,11 @@ def _build(data: dict[str, Any], path: Path, lines: Mapping[JsonPath, int]) -> P
             needs=tuple(raw_steps[i].get("needs", ())),
             concurrency=raw_steps[i].get("concurrency"),
             line=_line_for(lines, ("steps", i)),
+            input_lines={
+                str(name): line
+                for name in raw_steps[i].get("inputs", {})
+                if (line := lines.get(("steps", i, "inputs", str(name)))) is not None
+            },
         )
         for i in order
     )
