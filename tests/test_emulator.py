@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import socket
 import struct
 import threading
@@ -341,7 +342,8 @@ def test_list_runs_filters_and_pagination(make_emulator: MakeEmu) -> None:
         assert [r["runId"] for r in c.get("/v1/runs", params={"appId": HERO}).json()["data"]] == first[::-1]
         cancelled = c.get("/v1/runs", params={"status": "cancelled"}).json()
         assert [r["runId"] for r in cancelled["data"]] == [first[0]]
-        since_iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since)) + f"{since % 1:.3f}"[1:] + "Z"
+        ms = math.ceil(since * 1000)  # rounded up: a first run created within 0.5 ms of `since` stays out
+        since_iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
         assert [r["runId"] for r in c.get("/v1/runs", params={"since": since_iso}).json()["data"]] == later[::-1]
         p2 = c.get("/v1/runs", params={"limit": 2, "offset": 2}).json()
         assert [r["runId"] for r in p2["data"]] == [first[2], first[1]]
