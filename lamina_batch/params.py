@@ -1,6 +1,6 @@
 """How an input names an app parameter: by its `key`, else its `name`, else its `id`, case-sensitive, the order
 Lamina's server resolves them in; how messages name a parameter; the did-you-mean over all three spellings;
-whether two input mappings differ only in spelling; and the parameter table `apps show` prints."""
+whether two input mappings differ only in spelling; overrides applied to inputs; the `apps show` table."""
 
 from __future__ import annotations
 
@@ -147,6 +147,40 @@ def renamed_inputs(
         if param is not None and old_spelling.get(id(param), name) != name:
             pairs.append((old_spelling[id(param)], name))
     return tuple(pairs)
+
+
+def respelled_inputs(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[tuple[str, str], ...] | None:
+    """`renamed_inputs` without the app definition (so `plan` needs no request): inputs paired by normalised
+    spelling (`Aspect Ratio` and `aspect_ratio` meet, as a name and its snake_case key do). A likely rename,
+    not a certain one: an id spelling or a key unlike its name is not recognised."""
+    if dict(before) == dict(after) or len(before) != len(after):
+        return None
+    old = {normalise(name): name for name in before}
+    if len(old) != len(before):
+        return None
+    pairs = []
+    for name, value in after.items():
+        was = old.get(normalise(name))
+        if was is None or _canonical_json({"v": before[was]}) != _canonical_json({"v": value}):
+            return None
+        if was != name:
+            pairs.append((was, name))
+    return tuple(pairs) if pairs else None
+
+
+def override_inputs(
+    app: AppInfo | ParameterIndex, inputs: Mapping[str, Any], overrides: Mapping[str, Any]
+) -> dict[str, Any]:
+    """`inputs` with `overrides` applied as the server would read them (`review.vary`, `--redo-set`): an
+    override replaces the value of the input that sets the same parameter, under that input's spelling, or is
+    added under its own spelling when no input sets that parameter (or it names none)."""
+    index = app if isinstance(app, ParameterIndex) else ParameterIndex(app)
+    out = dict(inputs)
+    spelling = {id(p): name for name in inputs if (p := index.resolve(name)) is not None}
+    for name, value in overrides.items():
+        param = index.resolve(name)
+        out[spelling.get(id(param), name) if param is not None else name] = value
+    return out
 
 
 def _canonical_json(inputs: Mapping[str, Any]) -> str:

@@ -242,6 +242,22 @@ def _inline_matrix_lines(plans: list[_Input]) -> list[str]:
     ]
 
 
+def _head_lines(app: AppInfo, dialect: Dialect, pipeline_dir: Path | None) -> list[str]:
+    lines = [f"# yaml-language-server: $schema={schema_reference(pipeline_dir)}"]
+    lines.append(f"# lamina-batch pipeline for {_comment(app.name)} ({app.app_id})")
+    if app.description:
+        lines.append(f"# {_comment(app.description)}")
+    lines += [
+        f'# Replace every "{TODO} ..." value (validate refuses them), then check it with',
+        "# `lamina-batch validate pipeline.yaml --check-apps` and run it with `lamina-batch run pipeline.yaml`.",
+        "version: 1",
+        _yaml_pair("name", step_id_for(app.name)),
+    ]
+    if dialect != "runs":
+        lines.append(_yaml_pair("api", dialect))
+    return [*lines, ""]
+
+
 def init_pipeline_yaml(
     app: AppInfo,
     *,
@@ -261,19 +277,7 @@ def init_pipeline_yaml(
         sample = SheetSample(tuple(csv_columns or ()), (), complete=False)
     plans = _plan_inputs(app, sample if csv_path is not None else None)
     by_key = all(p.key for p in app.parameters)
-    lines = [f"# yaml-language-server: $schema={schema_reference(pipeline_dir)}"]
-    lines.append(f"# lamina-batch pipeline for {_comment(app.name)} ({app.app_id})")
-    if app.description:
-        lines.append(f"# {_comment(app.description)}")
-    lines += [
-        f'# Replace every "{TODO} ..." value (validate refuses them), then check it with',
-        "# `lamina-batch validate pipeline.yaml --check-apps` and run it with `lamina-batch run pipeline.yaml`.",
-        "version: 1",
-        _yaml_pair("name", step_id_for(app.name)),
-    ]
-    if dialect != "runs":
-        lines.append(_yaml_pair("api", dialect))
-    lines.append("")
+    lines = _head_lines(app, dialect, pipeline_dir)
     if csv_path is not None and sample is not None:
         shown = csv_path
         if pipeline_dir is not None and csv_path.is_absolute():

@@ -8,10 +8,12 @@ from lamina_batch.params import (
     canonical_inputs,
     label,
     normalise,
+    override_inputs,
     parameter_rows,
     preferred_spelling,
     renamed_inputs,
     resolve_inputs,
+    respelled_inputs,
     suggest,
 )
 
@@ -108,3 +110,29 @@ def test_parameter_rows_for_apps_show() -> None:
         ["aspect_ratio", "Aspect Ratio", "options", 'default "1:1"', "options: 1:1, 16:9"],
         ["-", "Old Style", "url", "required", "accepts: image"],
     ]
+
+
+def test_respelled_inputs_without_the_app() -> None:
+    """Without the app, inputs pair up by normalised spelling: a name and its snake_case key meet."""
+    before = {"Prompt": "x", "Aspect Ratio": "16:9"}
+    assert respelled_inputs(before, {"prompt": "x", "aspect_ratio": "16:9"}) == (
+        ("Prompt", "prompt"),
+        ("Aspect Ratio", "aspect_ratio"),
+    )
+    assert respelled_inputs(before, before) is None
+    assert respelled_inputs(before, {"prompt": "y", "aspect_ratio": "16:9"}) is None
+    assert respelled_inputs(before, {"prompt": "x"}) is None
+    assert respelled_inputs(before, {"prompt": "x", "ratio": "16:9"}) is None
+    assert respelled_inputs({"Prompt": "x", "prompt": "x"}, {"PROMPT": "x", "prompt ": "x"}) is None
+
+
+def test_override_inputs_replace_the_input_setting_the_same_parameter() -> None:
+    """An override (review.vary) replaces the input that sets its parameter, keeping that input's spelling;
+    one no input sets is added as written."""
+    inputs = {"Prompt": "x", "aspect_ratio": "1:1"}
+    assert override_inputs(APP, inputs, {"prompt": "y", "id-ar": "16:9", "Old Style": "u", "Seed": "2"}) == {
+        "Prompt": "y",
+        "aspect_ratio": "16:9",
+        "Old Style": "u",
+        "Seed": "2",
+    }
