@@ -246,6 +246,8 @@ def parse_estimate(body: Any) -> float | None:
     if isinstance(data, dict):
         for name in ("credits", "estimatedCredits", "estimate", "cost"):
             value = data.get(name)
+            if isinstance(value, dict):  # the SDK's CostEstimate: {"expected", "min", "max"}
+                value = value.get("expected")
             if isinstance(value, int | float) and not isinstance(value, bool):
                 return float(value)
     return None

@@ -27,7 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from helpers import wait_for, wait_for_async
 
-from lamina_batch.emulator import Emulator, EmulatorConfig, Faults, banner, serve
+from lamina_batch.emulator import AppDef, Emulator, EmulatorConfig, Faults, OutputDef, ParamDef, banner, serve
 from lamina_batch.emulator.png import COLOURS
 from lamina_batch.emulator.server import epoch_ms, iso
 
@@ -202,6 +202,58 @@ def test_output_selection_and_required_false_without_default(emulator: Emulator)
         r = c.post("/v1/apps/app_9Qx1/runs", json={"inputs": {"Headline": "Hi"}})
         assert r.status_code == 400
         assert r.json()["details"][0]["field"] == "Product Image"
+
+
+def test_inputs_as_the_official_cli_sends_them(emulator: Emulator) -> None:
+    """Requests shaped like Lamina's own CLI (`lamina run app_7Hk2 --input prompt="A mug" --input
+    aspect_ratio=16:9 --wait`): x-api-key, the app read for its keys, inputs keyed by key, the run polled."""
+    headers = {"x-api-key": emulator.key, "content-type": "application/json"}
+    with httpx.Client(base_url=emulator.base_url, headers=headers, timeout=10) as c:
+        params = c.get(f"/v1/apps/{HERO}").json()["data"]["parameters"]
+        assert [p["key"] for p in params] == ["prompt", "aspect_ratio", "reference_image"]
+        body = json.dumps({"inputs": {"prompt": "A mug", "aspect_ratio": "16:9"}})
+        r = c.post(f"/v1/apps/{HERO}/runs", content=body)
+        assert r.status_code == 202, r.text
+        run_id = r.json()["data"]["runId"]
+        until(lambda: c.get(f"/v1/runs/{run_id}").json()["data"]["status"] == "completed")
+        url = c.get(f"/v1/runs/{run_id}").json()["data"]["outputs"][0]["value"]
+        assert _pixels(c.get(url).content)[:2] == (384, 216)  # the aspect ratio was taken from its key
+    assert list(emulator.stats.starts_by_inputs) == [(HERO, '{"Aspect Ratio":"16:9","Prompt":"A mug"}')]
+
+
+def test_every_demo_parameter_has_a_key(emulator: Emulator) -> None:
+    """Every parameter of every demo app carries a snake_case key."""
+    with api(emulator) as c:
+        for app in c.get("/v1/apps").json()["data"]:
+            for p in c.get(f"/v1/apps/{app['appId']}").json()["data"]["parameters"]:
+                assert p["key"] == p["name"].lower().replace(" ", "_"), p
+
+
+def test_inputs_resolve_by_key_then_name_then_id(make_emulator: MakeEmu) -> None:
+    """An input resolves by key first, then name, then id; two inputs setting one parameter are refused."""
+    app = AppDef(
+        "app_K",
+        "K",
+        None,
+        (
+            ParamDef("Size", "options", options=("S", "M"), default="S", key="size_label"),
+            ParamDef("Label", "text", default="", key="Size"),
+            ParamDef("Note", "text", default=""),
+        ),
+        (OutputDef(0, "Out", "text"),),
+    )
+    emu = make_emulator(apps=(app,))
+    with api(emu) as c:
+        note_id = c.get("/v1/apps/app_K").json()["data"]["parameters"][2]["id"]
+        assert "key" not in c.get("/v1/apps/app_K").json()["data"]["parameters"][2]  # an older, keyless one
+        start(c, "app_K", {"Size": "free text", "size_label": "M", note_id: "by id"})
+        assert list(emu.stats.starts_by_inputs) == [("app_K", '{"Label":"free text","Note":"by id","Size":"M"}')]
+        r = c.post("/v1/apps/app_K/runs", json={"inputs": {"size_label": "M", "Size": "x", "Label": "y"}})
+        assert r.status_code == 400
+        assert r.json()["details"] == [{"field": "Label", "message": "sets the same parameter (Label) as 'Size'"}]
+        r = c.post("/v1/apps/app_K/runs", json={"inputs": {"sizes": "M"}})
+        assert r.json()["details"][0]["message"] == "unknown parameter (known: size_label (Size), Size (Label), Note)"
+    assert emu.stats.starts == 1
 
 
 # ---- lifecycle, wait, list, cancel ---------------------------------------------------------------
@@ -427,23 +479,94 @@ def test_text_output_value(emulator: Emulator) -> None:
 # ---- estimate, credits, rate limit ---------------------------------------------------------------
 
 
-def test_estimate_and_credit_budget(make_emulator: MakeEmu) -> None:
-    """Estimate returns the app's credits; starts past the budget get 402 INSUFFICIENT_CREDITS."""
+def test_estimate_has_the_sdk_cost_estimate_shape(make_emulator: MakeEmu) -> None:
+    """An estimate answers appId, name, expected/min/max credits, a breakdown per node adding up to expected,
+    the balance and whether one run is affordable; with {"inputs"} the inputs are checked like a start's."""
     emu = make_emulator(credits=10)
     with api(emu) as c:
-        r = c.post(f"/v1/apps/{HERO}/estimate", json={"inputs": {"Prompt": "x"}})
-        assert r.json() == {"data": {"appId": HERO, "estimatedCredits": 4}}
-        assert c.post(f"/v1/apps/{HERO}/estimate", json={"inputs": {}}).status_code == 400
-        start(c)
-        start(c)
-        r = c.post(f"/v1/apps/{HERO}/runs", json={"inputs": {"Prompt": "x"}})
+        r = c.post(f"/v1/apps/{HERO}/estimate", json={"inputs": {"prompt": "x"}})
+        assert r.status_code == 200
+        data = r.json()["data"]
+        assert data["appId"] == HERO
+        assert data["name"] == "Product Hero"
+        assert data["estimatedCredits"] == {"expected": 4, "min": 3, "max": 6}
+        assert data["currentBalance"] == 10
+        assert data["affordable"] is True
+        (node,) = data["breakdown"]
+        assert node == {"nodeId": node["nodeId"], "nodeType": "aiDesignerNode", "credits": 4}
+        assert node["nodeId"].startswith("aiDesignerNode-")
+        bad = c.post(f"/v1/apps/{HERO}/estimate", json={"inputs": {}})
+        assert (bad.status_code, bad.json()["details"][0]["field"]) == (400, "Prompt")
+        two = c.post("/v1/apps/app_3Vr8/estimate", json={"inputs": {"prompt": "x"}}).json()["data"]
+        assert [n["credits"] for n in two["breakdown"]] == [4, 4]
+        assert two["affordable"] is True
+        assert c.post("/v1/apps/app_nope/estimate").status_code == 404
+    assert emu.stats.estimates_served == 2
+    assert emu.stats.starts == 0
+    assert emu.credits_remaining == 10
+
+
+def test_estimate_without_a_body_as_the_official_sdk_sends_it(emulator: Emulator) -> None:
+    """Lamina's SDK posts the estimate with no body: an app-wide estimate; unlimited balance is null."""
+    with httpx.Client(base_url=emulator.base_url, headers={"x-api-key": emulator.key}) as c:
+        data = c.post("/v1/apps/app_5Tx4/estimate").json()["data"]
+    assert data["estimatedCredits"] == {"expected": 1, "min": 1, "max": 1}
+    assert data["breakdown"][0]["nodeType"] == "textGenerationNode"
+    assert data["currentBalance"] is None
+    assert data["affordable"] is True
+
+
+def test_demo_apps_have_distinct_costs(emulator: Emulator) -> None:
+    """The demo catalogue's apps cost different amounts, so a plan's bill is worth reading."""
+    with api(emulator) as c:
+        costs = {
+            a["appId"]: c.post(f"/v1/apps/{a['appId']}/estimate").json()["data"]["estimatedCredits"]["expected"]
+            for a in c.get("/v1/apps").json()["data"]
+        }
+    assert costs == {"app_7Hk2": 4, "app_9Qx1": 6, "app_3Vr8": 8, "app_5Tx4": 1}
+
+
+def test_balance_insufficient_credits_and_top_up(make_emulator: MakeEmu) -> None:
+    """Starts take the app's credits from the balance; one it cannot cover is 402 INSUFFICIENT_CREDITS
+    ("this run needs 8, 6 left") and creates nothing; the estimate says unaffordable; a top-up lets it start."""
+    emu = make_emulator(credits=14)
+    with api(emu) as c:
+        start(c, "app_3Vr8", {"prompt": "mug"})
+        r = c.post("/v1/apps/app_3Vr8/runs", json={"inputs": {"prompt": "cup"}})
         assert r.status_code == 402
         err = r.json()
         assert err["code"] == "INSUFFICIENT_CREDITS"
         assert err["retryable"] is False
-        assert err["error"].startswith("Insufficient credits")
+        assert err["error"] == "Insufficient credits: this run needs 8, 6 left"
+        est = c.post("/v1/apps/app_3Vr8/estimate", json={"inputs": {"prompt": "cup"}}).json()["data"]
+        assert (est["currentBalance"], est["affordable"]) == (6, False)
+        assert emu.stats.insufficient_credits == 1
+        assert emu.stats.starts == 1
+        assert emu.top_up(10) == 16
+        start(c, "app_3Vr8", {"prompt": "cup"})
+        assert c.post("/v1/apps/app_5Tx4/estimate").json()["data"]["currentBalance"] == 8
     assert emu.stats.starts == 2
-    assert emu.credits_remaining == 2
+    assert emu.stats.credits_spent == 16
+    assert emu.credits_remaining == 8
+
+
+def test_credit_controls(make_emulator: MakeEmu) -> None:
+    """set_credits replaces the balance (None: unlimited); a top-up of an unlimited balance or of nothing is
+    refused; the controls work before the emulator starts too."""
+    emu = make_emulator(credits=3)
+    with api(emu) as c:
+        assert c.post(f"/v1/apps/{HERO}/runs", json={"inputs": {"Prompt": "x"}}).status_code == 402
+        emu.set_credits(None)
+        start(c)
+        with pytest.raises(ValueError, match="unlimited"):
+            emu.top_up(5)
+        emu.set_credits(4)
+        with pytest.raises(ValueError, match="positive"):
+            emu.top_up(0)
+        start(c)
+        assert emu.credits_remaining == 0
+    idle = Emulator(EmulatorConfig(credits=1))
+    assert idle.top_up(2) == 3
 
 
 def test_rate_limit_headers_and_429(make_emulator: MakeEmu) -> None:
@@ -659,6 +782,39 @@ def test_config_errors_name_file_and_field(tmp_path: Path, text: str, where: str
     """A bad config file raises ValueError naming the file and the offending field."""
     p = tmp_path / "emu.yaml"
     p.write_text(text)
+    with pytest.raises(ValueError, match=r"emu\.yaml") as ei:
+        EmulatorConfig.from_yaml(p)
+    assert where in str(ei.value)
+
+
+def test_config_parameter_keys_and_credit_ranges(tmp_path: Path) -> None:
+    """Config parameters get a snake_case key unless given one (`key: null`: none); an app's credits may be
+    a number or {expected, min, max}."""
+    p = tmp_path / "emu.yaml"
+    p.write_text(
+        "include_builtin_apps: false\n"
+        "apps:\n  - appId: app_X\n    name: X\n    credits: {expected: 3, min: 2, max: 5}\n"
+        "    parameters: [{name: Photo URL}, {name: Old One, key: null, default: ''}, {name: B, key: bee}]\n"
+    )
+    (app,) = EmulatorConfig.from_yaml(p).apps
+    assert [x.key for x in app.parameters] == ["photo_url", None, "bee"]
+    assert (app.credits, app.credits_min_max) == (3, (2, 5))
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("credits: {expected: 3, min: 4}", "apps[0].credits"),
+        ("credits: {min: 4}", "apps[0].credits"),
+        ("credits: {expected: -1}", "apps[0].credits.expected"),
+        ("parameters: [{name: A, key: k}, {name: B, key: k}]", "apps[0].parameters[1].key"),
+        ("parameters: [{name: A, key: ''}]", "apps[0].parameters[0].key"),
+    ],
+)
+def test_config_key_and_credit_errors(tmp_path: Path, text: str, where: str) -> None:
+    """Bad credits or duplicate/empty parameter keys in a config name the field."""
+    p = tmp_path / "emu.yaml"
+    p.write_text(f"apps:\n  - appId: app_X\n    name: X\n    {text}\n")
     with pytest.raises(ValueError, match=r"emu\.yaml") as ei:
         EmulatorConfig.from_yaml(p)
     assert where in str(ei.value)

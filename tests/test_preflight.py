@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lamina_batch.errors import AuthError, NotFoundError, Problem
+from lamina_batch.matrix import display_path
 from lamina_batch.models import (
     AppInfo,
     AppOutput,
@@ -21,7 +25,7 @@ from lamina_batch.models import (
     RunSettings,
     Step,
 )
-from lamina_batch.preflight import check_apps
+from lamina_batch.preflight import check_apps, option_guess
 
 HERO = AppInfo(
     app_id="app_hero",
@@ -132,14 +136,13 @@ def test_unknown_parameter_with_did_you_mean() -> None:
     assert problems[0].path == "steps.hero.inputs['Aspect Ratoi']"
 
 
-def test_wrong_case_or_api_key_name_suggests_exact_name() -> None:
-    """`prompt` (the parameter key, or wrong case) suggests the exact name `Prompt`."""
-    s = step({"prompt": "x"})
+def test_wrong_case_suggests_the_exact_key() -> None:
+    """`PROMPT` (a key in the wrong case) suggests the exact key, naming the parameter by both."""
+    s = step({"PROMPT": "x"})
     problems = check(pipeline(s), FakeApps(HERO), [])
     unknown = [p for p in problems if "no parameter" in p.message]
-    assert unknown
-    assert unknown[0].hint is not None
-    assert "'Prompt'" in unknown[0].hint
+    assert len(unknown) == 1
+    assert unknown[0].hint == "did you mean 'prompt' (Prompt)? keys and names are exact"
 
 
 def test_missing_parameter_without_default_ignores_required_flag() -> None:
@@ -148,8 +151,8 @@ def test_missing_parameter_without_default_ignores_required_flag() -> None:
     s = step({"Aspect Ratio": "1:1"})
     problems = check(pipeline(s), FakeApps(HERO), [plan(1, (s, {"Aspect Ratio": "1:1"}))])
     assert len(problems) == 1
-    assert "'Prompt'" in problems[0].message
-    assert "no default" in problems[0].message
+    assert "needs 'prompt' (Prompt) (it has no default)" in problems[0].message
+    assert problems[0].hint == "add 'prompt' under inputs"
 
 
 def test_option_not_in_options_names_row() -> None:
@@ -210,15 +213,61 @@ def test_unknown_output_label() -> None:
     assert problems[0].hint == "did you mean 'Hero Image'?"
 
 
-def test_problems_are_deduplicated_and_capped() -> None:
-    """Identical problems appear once; past the cap a final line counts the rest."""
+def test_identical_problems_collapse_into_one_line_naming_the_rows() -> None:
+    """A literal option typo shared by 600 rows is one line: "in 600 rows (rows 1-600)", with a did-you-mean."""
+    app = AppInfo(
+        "app_s", "S", None, (AppParameter("1", "Style", "options", key="style", options=("photo", "flat")),), ()
+    )
+    s = step({"Style": "photograph"}, app="app_s")
+    plans = [plan(n, (s, {"Style": "photograph"})) for n in range(1, 601)]
+    problems = check(pipeline(s), FakeApps(app), plans)
+    assert [str(p) for p in problems] == [
+        "/nowhere/pipe.yaml:7: steps.hero.inputs['Style']: 'photograph' is not an option of 'style' (Style)"
+        " in 600 rows (rows 1-600) (did you mean 'photo'? options: photo, flat)"
+    ]
+
+
+def test_collapsed_rows_are_compacted_into_ranges() -> None:
+    """Rows of one problem are listed as ranges, a row repeated by axes counts once, and past six ranges
+    the list ends with "..."; a problem in one row keeps the row's key."""
     s = step({"Prompt": "x", "Aspect Ratio": "{{ row.ar }}"})
-    plans = [plan(n, (s, {"Prompt": "x", "Aspect Ratio": "bad"})) for n in range(1, 101)]
-    plans += [plan(1, (s, {"Prompt": "x", "Aspect Ratio": "bad"}))]  # a duplicate of row 1's problem
+    bad = [1, 2, 3, 5, 8, 9, 10, 20, 30, 40, 41, 60]
+    plans = [plan(n, (s, {"Prompt": "x", "Aspect Ratio": "bad"})) for n in bad for _axis in (1, 2)]
+    plans.append(plan(70, (s, {"Prompt": "x", "Aspect Ratio": "worse"}), key="SKU-70"))
+    problems = check(pipeline(s), FakeApps(HERO), plans)
+    assert [p.message for p in problems] == [
+        "'bad' is not an option of 'Aspect Ratio' in 12 rows (rows 1-3, 5, 8-10, 20, 30, 40-41, ...)",
+        "row 70 (SKU-70): 'worse' is not an option of 'Aspect Ratio'",
+    ]
+
+
+def test_problems_are_capped() -> None:
+    """Distinct problems past the cap are counted in a final line."""
+    s = step({"Prompt": "x", "Aspect Ratio": "{{ row.ar }}"})
+    plans = [plan(n, (s, {"Prompt": "x", "Aspect Ratio": f"bad{n}"})) for n in range(1, 101)]
     problems = check(pipeline(s), FakeApps(HERO), plans, max_problems=10)
     assert len(problems) == 11
-    assert len(set(problems)) == 11
+    assert problems[0].message == "row 1: 'bad1' is not an option of 'Aspect Ratio'"
     assert problems[-1].message == "... and 90 more problems not shown"
+
+
+@pytest.mark.parametrize(
+    ("value", "options", "guess"),
+    [
+        ("photograph", ("photo", "illustration", "flat"), "photo"),
+        ("ilustration", ("photo", "illustration", "flat"), "illustration"),
+        (" Photo ", ("photo", "flat"), "photo"),
+        ("16x9", ("1:1", "16:9"), "16:9"),
+        ("2:1", ("1:1", "16:9"), None),
+        ("16:10", ("1:1", "16:9"), None),
+        ("banana", ("photo", "flat"), None),
+        ("ph", ("photo", "flat"), None),
+    ],
+)
+def test_option_guess(value: str, options: tuple[str, ...], guess: str | None) -> None:
+    """An option value gets a did-you-mean for case, ratio spelling, prefixes and close words, never a
+    fuzzy guess between numeric labels."""
+    assert option_guess(value, options) == guess
 
 
 def test_preflight_against_emulator(emulator: Any, tmp_path: Path) -> None:
@@ -291,20 +340,25 @@ steps:
     return spec.load_pipeline(path)
 
 
-@pytest.mark.parametrize("values_cap", [1000, 50])
-def test_digest_gives_the_same_problems_as_rendering_again(tmp_path: Path, values_cap: int) -> None:
-    """Checked from the local check's digest (all values kept, or too many URLs kept to fall back to
-    rendering), the preflight reports exactly what rendering every row again reports, in the same order."""
+@pytest.mark.parametrize(("values_cap", "rows_cap"), [(1000, 50), (50, 50), (1000, 5)])
+def test_digest_gives_the_same_problems_as_rendering_again(tmp_path: Path, values_cap: int, rows_cap: int) -> None:
+    """Checked from the local check's digest (all values kept; too many URLs kept, so that input is rendered
+    again; too few rows kept of a bad value to name them all, so rendered again), the preflight reports
+    exactly what rendering every row again reports, in the same order."""
     from lamina_batch.matrix import InputDigest, expand_runs, validate_pipeline
 
     p = _digest_pipeline(tmp_path)
     again = check(p, FakeApps(HERO), list(expand_runs(p)), max_problems=30)
-    digest = InputDigest(values_cap=values_cap)
+    digest = InputDigest(values_cap=values_cap, rows_cap=rows_cap)
     validate_pipeline(p, digest=digest)
     assert digest.totals == {"hero": 240}
     assert check(p, FakeApps(HERO), list(expand_runs(p)), max_problems=30, digest=digest) == again
-    assert again[-1].message.startswith("... and ")
-    assert any("row 2 (S2): 'bad' is not an option" in str(x) for x in again)
+    assert [p.message for p in again] == [
+        "'bad' is not an option of 'Aspect Ratio' in 30 rows (rows 2, 6, 10, 14, 18, 22, ...)",
+        "'16:9 ' is not an option of 'Aspect Ratio' in 30 rows (rows 3, 7, 11, 15, 19, 23, ...)",
+        "'Reference Image' must be a public http(s) URL, got 'not-a-url' in 17 rows (rows 7, 14, 21, 28, 35, 42, ...)",
+    ]
+    assert again[1].hint == "did you mean '16:9'? options: 1:1, 16:9"
 
 
 def test_digest_that_kept_every_value_renders_nothing_again(tmp_path: Path) -> None:
@@ -321,3 +375,179 @@ def test_digest_that_kept_every_value_renders_nothing_again(tmp_path: Path) -> N
 
     problems = asyncio.run(check_apps(p, FakeApps(HERO), never(), digest=digest))
     assert problems
+
+
+# ---- inputs keyed by key, name or id (issue 20) --------------------------------------------------------
+
+KEYED = AppInfo(
+    app_id="app_keyed",
+    name="Keyed",
+    description=None,
+    parameters=(
+        AppParameter(id="uuid-prompt", name="Prompt", type="text", key="prompt"),
+        AppParameter(
+            id="uuid-ar",
+            name="Aspect Ratio",
+            type="options",
+            key="aspect_ratio",
+            options=("1:1", "16:9"),
+            default="1:1",
+            has_default=True,
+        ),
+        AppParameter(id="uuid-ref", name="Reference Image", type="url", key="reference_image"),
+    ),
+    outputs=(AppOutput(0, "Hero Image", "image"),),
+)
+
+
+def test_inputs_keyed_by_key_name_or_id_all_resolve() -> None:
+    """Each parameter may be keyed by its key, its name or its id; the checks run on what it resolves to."""
+    for inputs in (
+        {"prompt": "x", "aspect_ratio": "16:9", "reference_image": "https://a.test/r.png"},
+        {"Prompt": "x", "Aspect Ratio": "16:9", "Reference Image": "https://a.test/r.png"},
+        {"uuid-prompt": "x", "uuid-ar": "16:9", "uuid-ref": "https://a.test/r.png"},
+    ):
+        s = step(inputs, app="app_keyed")
+        assert check(pipeline(s), FakeApps(KEYED), [plan(1, (s, inputs))]) == [], inputs
+
+
+def test_value_checks_name_the_resolved_parameter_by_key_and_name() -> None:
+    """Option and url problems on a key-spelled input name the parameter as 'key' (Name)."""
+    inputs = {"prompt": "x", "aspect_ratio": "2:1", "reference_image": "/tmp/a.png"}
+    s = step(inputs, app="app_keyed")
+    problems = [p.message for p in check(pipeline(s), FakeApps(KEYED), [plan(1, (s, inputs))])]
+    assert problems == [
+        "row 1: '2:1' is not an option of 'aspect_ratio' (Aspect Ratio)",
+        "row 1: 'reference_image' (Reference Image) must be a public http(s) URL, got '/tmp/a.png'",
+    ]
+
+
+def test_missing_check_counts_a_parameter_set_by_any_spelling() -> None:
+    """A no-default parameter set by its id is not missing; one set by nothing is named by key and name."""
+    s = step({"uuid-prompt": "x"}, app="app_keyed")
+    problems = check(pipeline(s), FakeApps(KEYED), [])
+    assert [p.message for p in problems] == [
+        "app 'Keyed' (app_keyed) needs 'reference_image' (Reference Image) (it has no default)"
+        " but the step does not set it"
+    ]
+    assert problems[0].hint == "add 'reference_image' under inputs"
+
+
+@pytest.mark.parametrize(
+    ("name", "hint"),
+    [
+        ("aspect_ration", "did you mean 'aspect_ratio' (Aspect Ratio)?"),
+        ("Aspect Ratoi", "did you mean 'Aspect Ratio'?"),
+        ("ASPECT RATIO", "did you mean 'aspect_ratio' (Aspect Ratio)? keys and names are exact"),
+        ("UUID-AR", "did you mean 'uuid-ar' (Aspect Ratio)? ids are exact"),
+        (
+            "zzz",
+            "its parameters: 'prompt' (Prompt), 'aspect_ratio' (Aspect Ratio), 'reference_image' (Reference Image)",
+        ),
+    ],
+)
+def test_did_you_mean_searches_keys_names_and_ids(name: str, hint: str) -> None:
+    """An unknown input gets the closest key, name or id, shown with the parameter's name."""
+    s = step({"prompt": "x", "reference_image": "https://a.test/r.png", name: "16:9"}, app="app_keyed")
+    problems = check(pipeline(s), FakeApps(KEYED), [])
+    assert [p.hint for p in problems] == [hint]
+    assert problems[0].message == f"app 'Keyed' (app_keyed) has no parameter {name!r}"
+
+
+def test_two_inputs_setting_one_parameter_name_both_lines(tmp_path: Path) -> None:
+    """`Prompt` and `prompt` in one step are one problem naming both inputs and their lines."""
+    from lamina_batch import spec
+
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        "version: 1\nmatrix:\n  rows: [{a: '1'}]\nsteps:\n  - id: hero\n    app: app_keyed\n    inputs:\n"
+        "      Prompt: x\n      reference_image: https://a.test/r.png\n      prompt: y\n",
+        encoding="utf-8",
+    )
+    p = spec.load_pipeline(path)
+    problems = check(p, FakeApps(KEYED), [])
+    assert len(problems) == 1
+    assert problems[0].line == 10
+    assert problems[0].path == "steps.hero.inputs['prompt']"
+    assert problems[0].message == (
+        "inputs 'Prompt' (line 8) and 'prompt' (line 10) all set 'prompt' (Prompt) of app 'Keyed' (app_keyed)"
+    )
+
+
+def test_value_problems_point_at_the_inputs_own_line(tmp_path: Path) -> None:
+    """A bad value is reported at the line of its input, not of its step."""
+    from lamina_batch import matrix, spec
+
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(
+        "version: 1\nmatrix:\n  rows: [{a: '1'}, {a: '2'}]\nsteps:\n  - id: hero\n    app: app_keyed\n    inputs:\n"
+        "      prompt: x\n      reference_image: https://a.test/r.png\n      aspect_ratio: photograph\n",
+        encoding="utf-8",
+    )
+    p = spec.load_pipeline(path)
+    problems = check(p, FakeApps(KEYED), list(matrix.expand_runs(p)))
+    assert [str(x) for x in problems] == [
+        f"{display_path(path)}:10: steps.hero.inputs['aspect_ratio']: 'photograph' is not an option of"
+        " 'aspect_ratio' (Aspect Ratio) in 2 rows (rows 1-2) (options: 1:1, 16:9)"
+    ]
+
+
+def _cli(tmp_path: Path, emu: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAMINA_", "GITHUB_STEP"))}
+    env.update(LAMINA_BASE_URL=emu.base_url, LAMINA_API_KEY=emu.key)
+    return subprocess.run(
+        [sys.executable, "-m", "lamina_batch", *args],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+KEYED_PIPELINE = """version: 1
+matrix:
+  key: sku
+  rows:
+    - {sku: A1, name: mug}
+    - {sku: A2, name: cup}
+steps:
+  - id: hero
+    app: app_7Hk2
+    inputs:
+      prompt: "Studio photo of {{ row.name }}"
+      aspect_ratio: "16:9"
+run:
+  poll_interval: 1s
+  rate_limit: 100/s
+"""
+
+
+def test_pipeline_keyed_by_parameter_keys_validates_runs_and_resumes(tmp_path: Path, emulator: Any) -> None:
+    """The real CLI: a pipeline keyed by keys passes validate --check-apps, runs on the emulator with the
+    inputs sent as written, and a second run starts nothing."""
+    (tmp_path / "pipeline.yaml").write_text(KEYED_PIPELINE, encoding="utf-8")
+    checked = _cli(tmp_path, emulator, "validate", "pipeline.yaml", "--check-apps")
+    assert checked.returncode == 0, checked.stderr
+    ran = _cli(tmp_path, emulator, "run", "pipeline.yaml", "--no-progress")
+    assert ran.returncode == 0, ran.stderr
+    assert emulator.stats.starts == 2
+    assert set(emulator.stats.starts_by_inputs) == {
+        ("app_7Hk2", '{"Aspect Ratio":"16:9","Prompt":"Studio photo of mug"}'),
+        ("app_7Hk2", '{"Aspect Ratio":"16:9","Prompt":"Studio photo of cup"}'),
+    }
+    again = _cli(tmp_path, emulator, "run", "pipeline.yaml", "--no-progress")
+    assert again.returncode == 0, again.stderr
+    assert emulator.stats.starts == 2
+
+
+def test_two_spellings_of_one_parameter_exit_2_with_no_start(tmp_path: Path, emulator: Any) -> None:
+    """The real CLI: `prompt` and `Prompt` in one step is exit 2, one line naming both lines, 0 starts."""
+    text = KEYED_PIPELINE.replace('      aspect_ratio: "16:9"\n', '      Prompt: "again"\n')
+    (tmp_path / "pipeline.yaml").write_text(text, encoding="utf-8")
+    ran = _cli(tmp_path, emulator, "run", "pipeline.yaml", "--no-progress")
+    assert ran.returncode == 2, ran.stderr
+    assert "inputs 'prompt' (line 11) and 'Prompt' (line 12) all set 'prompt' (Prompt)" in ran.stderr
+    assert "Traceback" not in ran.stderr
+    assert emulator.stats.starts == 0

@@ -1,14 +1,16 @@
-"""The app catalogue on the wire: app list/detail JSON, start-input validation, generated text outputs."""
+"""The app catalogue on the wire: app list/detail JSON, start-input validation (an input names a parameter by
+its key, else its name, else its id, as Lamina resolves them), cost estimates, generated text outputs."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
-from lamina_batch.emulator.config import AppDef
+from lamina_batch.emulator.config import AppDef, ParamDef
 
 FAIL_MARKER = "[[fail]]"
 
@@ -31,13 +33,10 @@ def app_summary(app: AppDef) -> dict[str, Any]:
 def app_detail(app: AppDef) -> dict[str, Any]:
     params: list[dict[str, Any]] = []
     for p in app.parameters:
-        d: dict[str, Any] = {
-            "id": p.param_id(app.app_id),
-            "key": p.key,
-            "name": p.name,
-            "type": p.type,
-            "required": p.required,
-        }
+        d: dict[str, Any] = {"id": p.param_id(app.app_id)}
+        if p.key is not None:
+            d["key"] = p.key
+        d.update(name=p.name, type=p.type, required=p.required)
         if p.options:
             d["options"] = list(p.options)
         if p.accept:
@@ -63,9 +62,33 @@ def _is_http_url(v: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
-def validate_start_body(app: AppDef, body: Any) -> tuple[dict[str, Any], list[str] | None, list[dict[str, str]]]:
-    """Check a start/estimate body; returns (inputs, output labels or None, problems)."""
+@lru_cache(maxsize=256)
+def _lookup(app: AppDef) -> tuple[dict[str, ParamDef], dict[str, ParamDef], dict[str, ParamDef]]:
+    by_key = {p.key: p for p in reversed(app.parameters) if p.key is not None}
+    by_name = {p.name: p for p in reversed(app.parameters)}
+    by_id = {p.param_id(app.app_id): p for p in reversed(app.parameters)}
+    return by_key, by_name, by_id
+
+
+def resolve_parameter(app: AppDef, spelling: str) -> ParamDef | None:
+    """The parameter an input keyed `spelling` sets: by key, else name, else id (case-sensitive)."""
+    by_key, by_name, by_id = _lookup(app)
+    return by_key.get(spelling) or by_name.get(spelling) or by_id.get(spelling)
+
+
+def _known(app: AppDef) -> str:
+    return ", ".join(f"{p.key} ({p.name})" if p.key else p.name for p in app.parameters)
+
+
+def validate_start_body(
+    app: AppDef, body: Any, *, inputs_required: bool = True
+) -> tuple[dict[str, Any], list[str] | None, list[dict[str, str]]]:
+    """Check a start/estimate body; returns (inputs keyed by parameter name, output labels or None, problems).
+
+    With `inputs_required=False` (an estimate) an empty body or one without `inputs` is an app-wide estimate."""
     problems: list[dict[str, str]] = []
+    if not inputs_required and (body is None or body == {}):
+        return {}, None, []
     if not isinstance(body, dict):
         return {}, None, [{"field": "body", "message": 'must be a JSON object {"inputs": {...}}'}]
     for k in body:
@@ -73,25 +96,11 @@ def validate_start_body(app: AppDef, body: Any) -> tuple[dict[str, Any], list[st
             problems.append({"field": str(k), "message": "unknown top-level field"})
     inputs = body.get("inputs")
     if not isinstance(inputs, dict):
-        problems.append({"field": "inputs", "message": "must be an object of parameter name -> value"})
+        problems.append({"field": "inputs", "message": "must be an object of parameter key, name or id -> value"})
         return {}, None, problems
-    by_name = {p.name: p for p in app.parameters}
-    for name, value in inputs.items():
-        p = by_name.get(name)
-        if p is None:
-            known = ", ".join(sorted(by_name))
-            problems.append({"field": name, "message": f"unknown parameter (known: {known})"})
-            continue
-        if not isinstance(value, str):
-            problems.append({"field": name, "message": "must be a string"})
-        elif p.type == "options" and value not in p.options:
-            problems.append({"field": name, "message": f"must be one of: {', '.join(p.options)}"})
-        elif p.type == "url" and value and not _is_http_url(value):
-            problems.append({"field": name, "message": "must be a public http(s) URL"})
-        elif value == "" and p.default is None:
-            problems.append({"field": name, "message": "is required (no default) and may not be empty"})
+    resolved = _resolve_inputs(app, inputs, problems)
     for p in app.parameters:
-        if p.default is None and p.name not in inputs:
+        if p.default is None and p.name not in resolved:
             problems.append({"field": p.name, "message": "is required (no default)"})
     labels: list[str] | None = None
     if "outputs" in body:
@@ -106,7 +115,62 @@ def validate_start_body(app: AppDef, body: Any) -> tuple[dict[str, Any], list[st
                         {"field": "outputs", "message": f"unknown output {x!r} (known: {', '.join(known_labels)})"}
                     )
             labels = [lb for lb in known_labels if lb in raw]
-    return dict(inputs), labels, problems
+    return resolved, labels, problems
+
+
+def _resolve_inputs(app: AppDef, inputs: Mapping[str, Any], problems: list[dict[str, str]]) -> dict[str, Any]:
+    resolved: dict[str, Any] = {}
+    spelled: dict[str, str] = {}  # parameter name -> the input that set it
+    for name, value in inputs.items():
+        p = resolve_parameter(app, name)
+        if p is None:
+            problems.append({"field": name, "message": f"unknown parameter (known: {_known(app)})"})
+            continue
+        if p.name in spelled:
+            problems.append({"field": name, "message": f"sets the same parameter ({p.name}) as {spelled[p.name]!r}"})
+            continue
+        spelled[p.name] = name
+        if not isinstance(value, str):
+            problems.append({"field": name, "message": "must be a string"})
+        elif p.type == "options" and value not in p.options:
+            problems.append({"field": name, "message": f"must be one of: {', '.join(p.options)}"})
+        elif p.type == "url" and value and not _is_http_url(value):
+            problems.append({"field": name, "message": "must be a public http(s) URL"})
+        elif value == "" and p.default is None:
+            problems.append({"field": name, "message": "is required (no default) and may not be empty"})
+        resolved[p.name] = value
+    return resolved
+
+
+def _number(x: float) -> float | int:
+    """Whole numbers as JSON integers (4, not 4.0), as the API writes credits."""
+    return int(x) if float(x).is_integer() else x
+
+
+def estimate_body(app: AppDef, balance: float | None) -> dict[str, Any]:
+    """The estimate reply's data (the shape of Lamina's SDK `CostEstimate`): per-run credits with their range,
+    split over the app's nodes (one per output), and the balance (null when the emulator's is unlimited)."""
+    lo, hi = app.credits_min_max
+    nodes = app.outputs
+    n = _number
+    share = round(app.credits / len(nodes), 4) if nodes else app.credits
+    breakdown = [
+        {
+            "nodeId": o.output_id(app.app_id),
+            "nodeType": "aiDesignerNode" if o.type == "image" else "textGenerationNode",
+            # the last node takes the rounding remainder, so the breakdown adds up to `expected`
+            "credits": n(share if i < len(nodes) - 1 else round(app.credits - share * (len(nodes) - 1), 4)),
+        }
+        for i, o in enumerate(nodes)
+    ]
+    return {
+        "appId": app.app_id,
+        "name": app.name,
+        "estimatedCredits": {"expected": n(app.credits), "min": n(lo), "max": n(hi)},
+        "breakdown": breakdown,
+        "currentBalance": None if balance is None else n(balance),
+        "affordable": balance is None or balance >= app.credits,
+    }
 
 
 def has_fail_marker(inputs: Mapping[str, Any]) -> bool:

@@ -8,7 +8,8 @@ YAML format (every key optional; see `example-config.yaml` beside this file)::
     queued: 0.3                  # seconds a run stays `queued` before `running`
     rate_limit: 100              # requests per window per client IP (null = off)
     rate_window: 60
-    credits: null                # budget; each start costs the app's credits (null = unlimited)
+    credits: null                # the balance; each start takes its app's credits (null = unlimited);
+                                 # a start it cannot cover is 402 INSUFFICIENT_CREDITS
     webhook_retry_delays: [5, 30, 120]
     p_webhook_drop: 0.0          # share of webhook deliveries silently lost (never sent, never retried)
     webhook_rotated: false       # publish two signing keys, sign with the newer one
@@ -21,10 +22,12 @@ YAML format (every key optional; see `example-config.yaml` beside this file)::
       - appId: app_Demo1
         name: Demo
         description: optional text
-        credits: 2
+        credits: 2               # per run; or {expected: 2, min: 1, max: 3} for the estimate's range
         duration: 1.5            # optional per-app override
         parameters:
           - {name: Prompt, type: text}                      # no `default` key = must supply
+                                                            # `key` defaults to snake_case of the name
+                                                            # (`key: null`: an older app without keys)
           - {name: Size, type: options, options: [S, M], default: S}
           - {name: Photo, type: url, accept: [image], default: ""}
         outputs:
@@ -65,9 +68,15 @@ class Faults:
     p_fail: float = 0.0  # share of runs that end `failed`
 
 
+def snake_key(name: str) -> str:
+    """The snake_case key Lamina gives a parameter: "Aspect Ratio" -> "aspect_ratio"."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
 @dataclass(frozen=True)
 class ParamDef:
-    """One app input parameter; `default is None` means the caller must supply it."""
+    """One app input parameter; `default is None` means the caller must supply it; `key is None` models an
+    older app definition without keys (inputs then go by name or id)."""
 
     name: str
     type: str = "text"
@@ -75,10 +84,7 @@ class ParamDef:
     default: str | None = NO_DEFAULT
     options: tuple[str, ...] = ()
     accept: tuple[str, ...] = ()
-
-    @property
-    def key(self) -> str:
-        return re.sub(r"[^a-z0-9]+", "_", self.name.lower()).strip("_")
+    key: str | None = None
 
     def param_id(self, app_id: str) -> str:
         return str(uuid.uuid5(_NS, f"{app_id}/{self.name}"))
@@ -105,7 +111,8 @@ def _output_id(app_id: str, index: int, label: str) -> str:
 
 @dataclass(frozen=True)
 class AppDef:
-    """An app in the catalogue."""
+    """An app in the catalogue. A run costs `credits` (the estimate's `expected`), whatever its inputs or
+    output selection; `credits_range` is the estimate's (min, max), by default (credits, credits)."""
 
     app_id: str
     name: str
@@ -115,10 +122,15 @@ class AppDef:
     credits: float = 1.0
     duration: float | tuple[float, float] | None = None  # None = the config's duration
     is_public: bool = True
+    credits_range: tuple[float, float] | None = None
+
+    @property
+    def credits_min_max(self) -> tuple[float, float]:
+        return self.credits_range if self.credits_range is not None else (self.credits, self.credits)
 
 
 def _p(name: str, type_: str = "text", **kw: Any) -> ParamDef:
-    return ParamDef(name=name, type=type_, **kw)
+    return ParamDef(name=name, type=type_, key=snake_key(name), **kw)
 
 
 BUILTIN_APPS: tuple[AppDef, ...] = (
@@ -133,6 +145,7 @@ BUILTIN_APPS: tuple[AppDef, ...] = (
         ),
         (OutputDef(0, "Hero Image", "image"),),
         credits=4,
+        credits_range=(3, 6),
     ),
     AppDef(
         "app_9Qx1",
@@ -157,6 +170,7 @@ BUILTIN_APPS: tuple[AppDef, ...] = (
         ),
         (OutputDef(0, "Front", "image"), OutputDef(1, "Back", "image")),
         credits=8,
+        credits_range=(6, 12),
     ),
     AppDef(
         "app_5Tx4",
@@ -339,7 +353,7 @@ def _parse_faults(v: Any, err: _Err) -> Faults:
 
 
 _APP_KEYS = {"appId", "name", "description", "credits", "duration", "parameters", "outputs", "isPublic"}
-_PARAM_KEYS = {"name", "type", "required", "default", "options", "accept"}
+_PARAM_KEYS = {"name", "type", "required", "default", "options", "accept", "key"}
 
 
 def _parse_app(a: Any, where: str, err: _Err) -> AppDef:
@@ -359,34 +373,12 @@ def _parse_app(a: Any, where: str, err: _Err) -> AppDef:
     params: list[ParamDef] = []
     for j, pr in enumerate(params_raw):
         pw = f"{where}.parameters[{j}]"
-        if not isinstance(pr, dict):
-            raise err(pw, "must be a mapping")
-        bad = sorted(set(map(str, pr)) - _PARAM_KEYS)
-        if bad:
-            raise err(f"{pw}.{bad[0]}", "unknown key")
-        pname = _str(pr.get("name"), f"{pw}.name", err)
-        ptype = pr.get("type", "text")
-        if ptype not in PARAM_TYPES:
-            raise err(f"{pw}.type", f"must be one of {', '.join(PARAM_TYPES)}")
-        options = pr.get("options", [])
-        if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
-            raise err(f"{pw}.options", "must be a list of strings")
-        if ptype == "options" and not options:
-            raise err(f"{pw}.options", "an options parameter needs a non-empty list")
-        default = pr.get("default", NO_DEFAULT)
-        if default is not None and not isinstance(default, str):
-            raise err(f"{pw}.default", "must be a string")
-        if ptype == "options" and default not in (None, *options):
-            raise err(f"{pw}.default", "must be one of the options")
-        accept = pr.get("accept", [])
-        if not isinstance(accept, list):
-            raise err(f"{pw}.accept", "must be a list")
-        required = pr.get("required", default is None)
-        if not isinstance(required, bool):
-            raise err(f"{pw}.required", "must be true or false")
-        if any(p.name == pname for p in params):
-            raise err(f"{pw}.name", f"duplicate parameter {pname!r}")
-        params.append(ParamDef(pname, ptype, required, default, tuple(options), tuple(map(str, accept))))
+        param = _parse_param(pr, pw, err)
+        if any(p.name == param.name for p in params):
+            raise err(f"{pw}.name", f"duplicate parameter {param.name!r}")
+        if param.key is not None and any(p.key == param.key for p in params):
+            raise err(f"{pw}.key", f"duplicate key {param.key!r}")
+        params.append(param)
     outs_raw = a.get("outputs", [{"label": "Image", "type": "image"}])
     if not isinstance(outs_raw, list) or not outs_raw:
         raise err(f"{where}.outputs", "must be a non-empty list")
@@ -400,7 +392,54 @@ def _parse_app(a: Any, where: str, err: _Err) -> AppDef:
         if otype not in OUTPUT_TYPES:
             raise err(f"{ow}.type", f"must be one of {', '.join(OUTPUT_TYPES)}")
         outs.append(OutputDef(j, label, otype))
-    credits = _num(a.get("credits", 1), f"{where}.credits", err)
+    credits, credits_range = _credits(a.get("credits", 1), f"{where}.credits", err)
     duration = _duration(a["duration"], f"{where}.duration", err) if "duration" in a else None
     is_public = a.get("isPublic", True)
-    return AppDef(app_id, name, desc, tuple(params), tuple(outs), credits, duration, bool(is_public))
+    return AppDef(app_id, name, desc, tuple(params), tuple(outs), credits, duration, bool(is_public), credits_range)
+
+
+def _parse_param(pr: Any, pw: str, err: _Err) -> ParamDef:
+    if not isinstance(pr, dict):
+        raise err(pw, "must be a mapping")
+    bad = sorted(set(map(str, pr)) - _PARAM_KEYS)
+    if bad:
+        raise err(f"{pw}.{bad[0]}", "unknown key")
+    pname = _str(pr.get("name"), f"{pw}.name", err)
+    ptype = pr.get("type", "text")
+    if ptype not in PARAM_TYPES:
+        raise err(f"{pw}.type", f"must be one of {', '.join(PARAM_TYPES)}")
+    options = pr.get("options", [])
+    if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
+        raise err(f"{pw}.options", "must be a list of strings")
+    if ptype == "options" and not options:
+        raise err(f"{pw}.options", "an options parameter needs a non-empty list")
+    default = pr.get("default", NO_DEFAULT)
+    if default is not None and not isinstance(default, str):
+        raise err(f"{pw}.default", "must be a string")
+    if ptype == "options" and default not in (None, *options):
+        raise err(f"{pw}.default", "must be one of the options")
+    accept = pr.get("accept", [])
+    if not isinstance(accept, list):
+        raise err(f"{pw}.accept", "must be a list")
+    required = pr.get("required", default is None)
+    if not isinstance(required, bool):
+        raise err(f"{pw}.required", "must be true or false")
+    key: str | None = snake_key(pname)
+    if "key" in pr:
+        key = None if pr["key"] is None else _str(pr["key"], f"{pw}.key", err)
+    return ParamDef(pname, ptype, required, default, tuple(options), tuple(map(str, accept)), key)
+
+
+def _credits(v: Any, where: str, err: _Err) -> tuple[float, tuple[float, float] | None]:
+    """A run's credits: a number, or {expected, min, max} (min <= expected <= max)."""
+    if not isinstance(v, dict):
+        return _num(v, where, err), None
+    unknown = sorted(set(map(str, v)) - {"expected", "min", "max"})
+    if unknown or "expected" not in v:
+        raise err(where, "must be a number or {expected: N, min: N, max: N}")
+    expected = _num(v["expected"], f"{where}.expected", err)
+    lo = _num(v.get("min", expected), f"{where}.min", err)
+    hi = _num(v.get("max", expected), f"{where}.max", err)
+    if not lo <= expected <= hi:
+        raise err(where, "needs min <= expected <= max")
+    return expected, (lo, hi)

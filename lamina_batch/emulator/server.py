@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import heapq
 import hmac
@@ -19,7 +20,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -28,6 +29,7 @@ from lamina_batch.emulator.catalogue import (
     app_detail,
     app_summary,
     canonical_inputs,
+    estimate_body,
     generated_text,
     has_fail_marker,
     validate_start_body,
@@ -37,6 +39,7 @@ from lamina_batch.emulator.png import image_key, render_png
 from lamina_batch.emulator.signing import KeyRing
 from lamina_batch.httpd import DROP, HttpServer, Limits, Reply, Request, descriptor_share, json_reply
 
+_T = TypeVar("_T")
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 FAIL_MESSAGE = "Generation failed: the model could not produce an output for these inputs"
@@ -100,6 +103,8 @@ class EmulatorStats:
         self.webhooks_settled = 0  # runs whose delivery is over: delivered, given up after retries, or dropped
         self.credits_spent = 0.0
         self.kills = 0  # SIGKILLs sent by `Emulator.kill_on_start`
+        self.estimates_served = 0
+        self.insufficient_credits = 0  # starts refused with 402: the balance could not cover them
 
     @property
     def requests(self) -> list[RequestLogEntry]:
@@ -293,6 +298,15 @@ class EmulatorCore:
 
     def run_ids(self) -> list[str]:
         return [r.id for r in list(self._order)]
+
+    def top_up(self, credits: float) -> float:
+        """Add to a finite balance (as a user buying credits would); returns the new balance."""
+        if not credits > 0:
+            raise ValueError(f"a top-up must be a positive number of credits, got {credits!r}")
+        if self.credits_remaining is None:
+            raise ValueError("this emulator's balance is unlimited (credits: null): there is nothing to top up")
+        self.credits_remaining += credits
+        return self.credits_remaining
 
     # ---- request handling ------------------------------------------------------------------------
 
@@ -502,6 +516,7 @@ class EmulatorCore:
             self.start_hook(app.app_id, inputs)
         if self.credits_remaining is not None:
             if self.credits_remaining < app.credits:
+                self.stats.insufficient_credits += 1
                 return self._error(
                     402,
                     "INSUFFICIENT_CREDITS",
@@ -673,10 +688,12 @@ class EmulatorCore:
         body, bad = self._parse_body(req, h)
         if bad is not None:
             return bad
-        _, _, problems = validate_start_body(app, body)
+        # Lamina's SDK posts no body (an app-wide estimate); lamina-batch posts {"inputs": ...}, checked as a start's
+        _, _, problems = validate_start_body(app, body, inputs_required=False)
         if problems:
             return self._validation(f"Invalid inputs for {app.name}", problems, h)
-        return json_reply(200, {"data": {"appId": app.app_id, "estimatedCredits": app.credits}}, h)
+        self.stats.estimates_served += 1
+        return json_reply(200, {"data": estimate_body(app, self.credits_remaining)}, h)
 
     def _list_runs(self, req: Request, h: tuple[tuple[str, str], ...]) -> Reply:
         q = req.query
@@ -950,6 +967,35 @@ class Emulator:
         """Call `hook(run_id)` on the emulator's thread for every status or /wait request, when it arrives and
         before it is answered (None removes it). The hook must not raise; it may block briefly."""
         self._core.result_hook = hook
+
+    def top_up(self, credits: float) -> float:
+        """Add `credits` to the balance, between requests; returns the new balance (tests: "insufficient credits
+        mid-batch, then top up and resume"). ValueError when the balance is unlimited or `credits` <= 0."""
+        return self._on_loop(lambda: self._core.top_up(credits))
+
+    def set_credits(self, balance: float | None) -> None:
+        """Set the balance outright (None: unlimited)."""
+
+        def change() -> None:
+            self._core.credits_remaining = balance
+
+        self._on_loop(change)
+
+    def _on_loop(self, fn: Callable[[], _T]) -> _T:
+        """Run `fn` on the emulator's loop (state is only ever changed there) and wait for its result."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or not loop.is_running() or threading.current_thread() is self._thread:
+            return fn()
+        done: concurrent.futures.Future[_T] = concurrent.futures.Future()
+
+        def call() -> None:
+            try:
+                done.set_result(fn())
+            except BaseException as e:  # handed to the calling thread
+                done.set_exception(e)
+
+        loop.call_soon_threadsafe(call)
+        return done.result(timeout=10)
 
     def with_config(self, **changes: Any) -> Emulator:
         """A new (not started) emulator with some config fields changed."""
