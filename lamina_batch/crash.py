@@ -1,8 +1,5 @@
-"""Crash points for kill -9 tests: `crashpoint(name)` SIGKILLs this process when LAMINA_BATCH_CRASHPOINT names it.
-
-Points in credentials/: `refresh-received` (a rotated pair was read from the server, nothing written yet),
-`refresh-write` (the new file is complete and fsynced beside the old one, not yet renamed over it),
-`refresh-written` (renamed into place, not yet used). The executor's points are listed in PLAN contract 1.
+"""Named crash points for kill -9 tests: `crashpoint(name)` SIGKILLs this process the N-th time `name` is hit
+when the environment variable LAMINA_BATCH_CRASHPOINT is `name` or `name:N`. Unset, a point costs a comparison.
 """
 
 from __future__ import annotations
@@ -11,14 +8,30 @@ import os
 import signal
 from collections import Counter
 
-_CRASH_ENV = "LAMINA_BATCH_CRASHPOINT"
+__all__ = ["CRASH_ENV", "POINTS", "crashpoint"]
+
+CRASH_ENV = "LAMINA_BATCH_CRASHPOINT"
+
+# Where the start path can be killed, in the order a start passes them. Process tests name them; keep them stable.
+POINTS = (
+    "before-intent",  # the run is about to be recorded `submitting`
+    "after-intent",  # `submitting` is committed; the start request is not sent yet
+    "after-send",  # the start request is written to the socket; its reply is not read yet
+    "after-reply",  # the reply is read; the remote id is not handed to the manifest yet
+    "after-id",  # the remote id was just handed to the manifest (committed, or deferred where that is allowed)
+    "before-download",  # the run is recorded completed; none of its files is written yet
+    # An OAuth refresh (credentials/): the order one passes them.
+    "refresh-received",  # the server's rotated pair is read; nothing is written yet (the pair is lost)
+    "refresh-write",  # the new file is whole and fsynced beside the old one, not yet renamed over it
+    "refresh-written",  # renamed into place; the new pair is not yet used
+)
+
 _spec: tuple[str, int] | None = None
 _loaded = False
 _hits: Counter[str] = Counter()
 
 
-def parse_crashpoint(value: str | None) -> tuple[str, int] | None:
-    """`name` or `name:N` -> (name, N); N defaults to 1 and is at least 1."""
+def _parse(value: str | None) -> tuple[str, int] | None:
     if not value:
         return None
     name, sep, nth = value.partition(":")
@@ -33,11 +46,10 @@ def parse_crashpoint(value: str | None) -> tuple[str, int] | None:
 def crashpoint(name: str) -> None:
     """SIGKILL this process the N-th time `name` is hit when LAMINA_BATCH_CRASHPOINT is `name` or `name:N`.
 
-    The variable is read once, so an unset one costs a comparison.
-    """
+    The variable is read once, at the first point reached."""
     global _spec, _loaded
     if not _loaded:
-        _spec = parse_crashpoint(os.environ.get(_CRASH_ENV))
+        _spec = _parse(os.environ.get(CRASH_ENV))
         _loaded = True
     if _spec is None or _spec[0] != name:
         return

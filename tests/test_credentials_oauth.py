@@ -337,6 +337,44 @@ def test_a_login_removed_mid_batch(tmp_path: Path) -> None:
     assert issuer.presented == []
 
 
+def test_a_file_caught_mid_write_is_read_again(tmp_path: Path) -> None:
+    """Lamina's CLI rewrites the file in place: a prefix seen at refresh time is read again after a pause (here the
+    other writer finishes during it); a file still malformed after the retries is a LoginRefreshError."""
+    clock, issuer = Clock(NOW), Issuer()
+    path = write_document(tmp_path, oauth_document(saved_at=NOW - 3590))
+    whole = path.read_bytes()
+    pauses: list[float] = []
+
+    async def other_writer_finishes(seconds: float) -> None:
+        pauses.append(seconds)
+        path.write_bytes(whole)
+
+    source = resolve_credentials(
+        env={}, home=tmp_path, transport=issuer.transport(), clock=clock, sleep=other_writer_finishes
+    )
+    path.write_bytes(whole[: len(whole) // 2])
+    run(source.authorization())
+    assert (len(pauses), issuer.presented) == (1, ["lma_mcp_rt_first"])
+
+    write_document(tmp_path, oauth_document(saved_at=NOW - 3590, refresh="lma_mcp_rt_x"))
+    stuck = make_source(tmp_path, issuer, clock)
+    path.write_bytes(b"{")
+    with pytest.raises(LoginRefreshError, match="not valid JSON") as info:
+        run(stuck.authorization())
+    assert str(info.value).endswith("fix it, run `lamina login` again, or set LAMINA_API_KEY")
+    assert len(issuer.presented) == 1
+
+
+def test_a_removed_file_is_a_dead_login(tmp_path: Path) -> None:
+    """The stored login deleted mid-batch: the next refresh says the login is gone."""
+    clock, issuer = Clock(NOW), Issuer()
+    path = write_document(tmp_path, oauth_document(saved_at=NOW - 3590))
+    source = make_source(tmp_path, issuer, clock)
+    path.unlink()
+    with pytest.raises(LoginRefreshError, match=r"is gone \(the file was removed\)"):
+        run(source.authorization())
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere; the process test covers a failing write")
 def test_unwritable_directory_refuses_before_any_request(tmp_path: Path) -> None:
     """A refreshable login whose file cannot be written is a ConfigError (exit 2) at the first request, and

@@ -37,6 +37,7 @@ class Workers:
     def __init__(self, home: Path) -> None:
         self.home = home
         self.outputs: list[str] = []
+        self.seeded: tuple[str, ...] = ()  # the tokens the test wrote, looked for in every output too
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LAMINA_", "COV_"))}
@@ -67,14 +68,14 @@ def workers(tmp_path: Path) -> Iterator[Workers]:
     if doc_path.exists():
         creds = json.loads(doc_path.read_text()).get("credentials", {})
         text = "\n".join(w.outputs)
-        for secret in (creds.get("apiKey"), creds.get("refreshToken"), *getattr(w, "seeded", ())):
+        for secret in (creds.get("apiKey"), creds.get("refreshToken"), *w.seeded):
             assert not secret or secret not in text
 
 
 def seed_due(emu: Emulator, w: Workers, *, due: bool = True) -> tuple[Path, TokenPair]:
     """A login in w.home's file whose token is within the refresh margin (or fresh when not `due`)."""
     pair = emu.seed_login()
-    w.seeded = (pair.access_token, pair.refresh_token)  # type: ignore[attr-defined]
+    w.seeded = (pair.access_token, pair.refresh_token)
     issued = time.time() - (pair.expires_in - 5 if due else 0)
     return write_document(w.home, pair.login_document(emu.base_url, issued_at=issued, webhook=WEBHOOK)), pair
 

@@ -19,7 +19,7 @@ from lamina_batch.crash import crashpoint
 from lamina_batch.credentials.base import AuthStatus, BaseUrlFrom, origin_of
 from lamina_batch.credentials.login_file import LoginFile, StoredLogin, usable_token, with_pair
 from lamina_batch.credentials.store import LockedStore, LoginStore, Note, fingerprint
-from lamina_batch.errors import ConfigError, LoginRefreshError
+from lamina_batch.errors import ConfigError, CredentialsFileError, LoginRefreshError
 
 MAX_MARGIN = 60.0  # Lamina's CLI refreshes within 60 s of expiry
 MARGIN_SHARE = 0.25  # ...but a token living 5 s is refreshed after 3.75 s, not before every request
@@ -27,6 +27,8 @@ DEFAULT_LIFETIME = 3600.0  # lamina-api.md: "about an hour", when neither the fi
 REFRESH_PATH = "/cli/oauth/token"
 CONNECT_RETRY_DELAYS = (0.5, 1.0)  # a refresh that never left may be sent again; one that left never is
 TIMEOUTS = {"connect": 10.0, "read": 30.0, "write": 30.0, "pool": 10.0}
+REREAD_DELAYS = (0.05, 0.1, 0.2)
+FILE_ADVICE = "fix it, run `lamina login` again, or set LAMINA_API_KEY"
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
@@ -71,8 +73,9 @@ class Pair:
 class OAuthSource:
     """A stored `oauth` login (see base.CredentialSource for how the client calls it).
 
-    `transport` carries the refresh POST (default: the project's transport for the login's `baseUrl`, which
-    issued the tokens and is where Lamina's CLI refreshes them too); `clock` is wall time (expiry is absolute).
+    Refreshes go to the stored login's own `baseUrl` (the server that issued it, where Lamina's CLI refreshes it
+    too), even when LAMINA_BASE_URL points the API elsewhere. `transport` carries them (default: a connection of
+    their own through the project's transport); `clock` is wall time (expiry is absolute).
     """
 
     def __init__(
@@ -91,7 +94,6 @@ class OAuthSource:
         self.refreshes = 0  # pairs this process obtained from the server
         self.adopted = 0  # pairs another process (or login) had already written, taken from the file
         self._token = Token.of(login)
-        self._issuer = login.base_url
         self._base_url_from: BaseUrlFrom = base_url_from
         self._transport = transport
         self._clock = clock
@@ -189,10 +191,11 @@ class OAuthSource:
             if self._token.access != seen:
                 return  # refreshed by another request of ours while this one waited
             async with self.store.locked() as locked:
-                current = locked.read()
+                current = await self._reread(locked)
                 login = current.login
                 if login is None:
-                    raise LoginRefreshError(f"the Lamina login in {self.store.path} is gone ({current.ignored})")
+                    gone = current.ignored or "the file was removed"
+                    raise LoginRefreshError(f"the Lamina login in {self.store.path} is gone ({gone})")
                 candidate = Token.of(login)
                 if candidate.access != seen and (not candidate.due(self._clock()) or candidate.refresh is None):
                     self._adopt(candidate)
@@ -203,11 +206,25 @@ class OAuthSource:
                     raise LoginRefreshError(f"the Lamina login in {self.store.path} {why} and holds no refresh token")
                 if locked.presented_before(candidate.refresh):
                     raise LoginRefreshError(
-                        f"the last refresh of the Lamina login in {self.store.path} was sent but its reply was lost; "
-                        "its refresh token is never presented twice"
+                        f"the refresh token in {self.store.path} was already presented by a refresh whose new pair "
+                        "was never stored (refused, or its reply lost), and is never presented twice"
                     )
                 self._adopt(await self._refresh(locked, current, login))
                 self.refreshes += 1
+
+    async def _reread(self, locked: LockedStore) -> LoginFile:
+        # Lamina's own CLI rewrites the file in place (not atomically): a read that lands inside its write sees a
+        # prefix. Such a file is read again a few times before it counts as malformed.
+        for delay in REREAD_DELAYS:
+            try:
+                return locked.read()
+            except CredentialsFileError:
+                await self._sleep(delay)
+        try:
+            return locked.read()
+        except CredentialsFileError as exc:
+            problem = exc.problems[0]
+            raise LoginRefreshError(f"{self.store.path}: {problem.message}", advice=FILE_ADVICE) from None
 
     async def _refresh(self, locked: LockedStore, current: LoginFile, login: StoredLogin) -> Token:
         assert current.document is not None
@@ -221,7 +238,7 @@ class OAuthSource:
             except _NotSentError as exc:
                 locked.write_note(None)
                 raise LoginRefreshError(
-                    f"could not reach {origin_of(self._issuer)} to refresh the Lamina login in {self.store.path} "
+                    f"could not reach {origin_of(login.base_url)} to refresh the Lamina login in {self.store.path} "
                     f"({exc.reason})"
                 ) from None
         except BaseException:
@@ -247,7 +264,7 @@ class OAuthSource:
         ).encode("utf-8")
         request = httpx.Request(
             "POST",
-            self._issuer + REFRESH_PATH,
+            login.base_url + REFRESH_PATH,
             content=body,
             headers={"Content-Type": "application/json", "Accept": "application/json", "User-Agent": "lamina-batch"},
             extensions={"timeout": TIMEOUTS},
@@ -255,7 +272,7 @@ class OAuthSource:
         # A refresh is rare (once per token lifetime): without a shared transport it gets a connection of its own,
         # closed right after, so nothing outlives the event loop it was made on.
         own = self._transport is None
-        transport = self._transport or _own_transport(self._issuer)
+        transport = self._transport or _own_transport(login.base_url)
         try:
             for delay in (*CONNECT_RETRY_DELAYS, None):
                 try:

@@ -153,7 +153,10 @@ class LockedStore:
         if note is not None and login is not None and login.refresh_token is not None:
             pending = self._target.with_name(note.pending)
             if fingerprint(login.refresh_token) == note.presented and self._complete(pending, note):
-                os.replace(pending, self._target)
+                try:
+                    os.replace(pending, self._target)
+                except OSError as exc:  # keep the temp file (and the pair in it) for a later try
+                    raise self.store.unwritable(exc, "the pair of an interrupted refresh cannot be put back") from None
                 fsync_dir(self._target.parent)
                 current = self.store.read()
         self._sweep()
@@ -162,8 +165,6 @@ class LockedStore:
     def _complete(self, pending: Path, note: Note) -> bool:
         # Only a whole document parses (a cut write is a prefix, or ends in preallocated zeros), and only one
         # holding a different refresh token than the one presented is that refresh's result.
-        if pending.parent != self._target.parent or not pending.name.startswith(self._prefix()):
-            return False
         try:
             document = json.loads(pending.read_bytes().decode("utf-8"))
             login, _ = parse_document(document, pending)
@@ -188,6 +189,8 @@ class LockedStore:
         presented, pending = data.get("presented"), data.get("pending")
         if not isinstance(presented, str) or not isinstance(pending, str):
             return None
+        if "/" in pending or not pending.startswith(self._prefix()):
+            return None  # only ever a temp file of ours beside the target
         return Note(presented, pending)
 
     def write_note(self, note: Note | None) -> None:
