@@ -8,7 +8,7 @@ import os
 import signal
 from collections import Counter
 
-__all__ = ["CRASH_ENV", "POINTS", "crashpoint"]
+__all__ = ["CRASH_ENV", "POINTS", "REFRESH_POINTS", "crashpoint"]
 
 CRASH_ENV = "LAMINA_BATCH_CRASHPOINT"
 
@@ -21,6 +21,9 @@ POINTS = (
     "after-id",  # the remote id was just handed to the manifest (committed, or deferred where that is allowed)
     "before-download",  # the run is recorded completed; none of its files is written yet
 )
+# Where an OAuth refresh (credentials/) can be killed: its reply is read / the new pair is about to be / was just
+# written back to the login file.
+REFRESH_POINTS = ("refresh-received", "refresh-write", "refresh-written")
 
 _spec: tuple[str, int] | None = None
 _loaded = False

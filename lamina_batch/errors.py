@@ -5,7 +5,8 @@
     |   +-- SpecError                     pipeline YAML / schema / cross-field checks
     |   +-- MatrixError                   CSV or inline rows, key, where, axes
     |   +-- TemplateError                 a template failed to parse or render
-    |   +-- MissingApiKeyError            LAMINA_API_KEY not set (and not --emulator)
+    |   +-- MissingApiKeyError            no credentials: no LAMINA_API_KEY, no stored login (and not --emulator)
+    |   +-- CredentialsFileError          ~/.lamina/config.json unreadable or malformed, or cannot be written
     |   +-- PreflightError                the live app definitions refuse our inputs
     |   +-- OptionError                   a run option (`BatchOptions` field / `run` flag) is malformed
     +-- ManifestError                     the manifest is unreadable, corrupt or of another pipeline (exit 2)
@@ -22,6 +23,7 @@
         |   +-- ConnectionLostError       the connection broke after the request was sent
         +-- BatchFatalError               stop every new start; exit 3
         |   +-- AuthError                 401 (missing or rejected key)
+        |   |   +-- LoginRefreshError     the stored OAuth login cannot be refreshed or kept: `lamina login` again
         |   +-- ForbiddenError            403
         |   +-- InsufficientCreditsError  the account is out of credits
         |   +-- EndpointError             the base URL is no usable Lamina API: TLS verification failed, a redirect
@@ -32,6 +34,9 @@
 
 Retryability is a property of the type (`isinstance(e, TransientError)`), never of message text.
 No message built here contains the API key: errors carry method, path, status, code and requestId only.
+The same holds for OAuth access and refresh tokens (credentials/ scrubs any text a server echoes).
+A LoginRefreshError is an AuthError, so it is fatal like a rejected key: exit 2 before any start (the CLI), exit 3
+and resumable once the batch has started (the executor stops starting); it is never retried.
 """
 
 from __future__ import annotations
@@ -91,7 +96,11 @@ class TemplateError(ConfigError):
 
 
 class MissingApiKeyError(ConfigError):
-    """No API key in the environment."""
+    """No credentials: LAMINA_API_KEY is unset and there is no usable stored login (or the key is malformed)."""
+
+
+class CredentialsFileError(ConfigError):
+    """The stored login file is unreadable or malformed, or cannot be written to keep a rotated OAuth pair."""
 
 
 class PreflightError(ConfigError):
@@ -213,6 +222,21 @@ class BatchFatalError(ApiError):
 
 class AuthError(BatchFatalError):
     """HTTP 401: the API key is missing or rejected."""
+
+
+class LoginRefreshError(AuthError):
+    """The stored OAuth login could not be refreshed (refused, revoked, no refresh token, network down, a lost
+    reply) or its rotated pair could not be stored. `advice` is what the user should do; it ends the message."""
+
+    advice = "run `lamina login` again (or set LAMINA_API_KEY)"
+
+    def __init__(self, message: str, *, advice: str | None = None, **kw: Any) -> None:
+        if advice is not None:
+            self.advice = advice
+        super().__init__(message, **kw)
+
+    def _render(self) -> str:
+        return f"{super()._render()}: {self.advice}"
 
 
 class ForbiddenError(BatchFatalError):

@@ -3,6 +3,7 @@ rate limit and seeded faults. It imports nothing from the client side of lamina-
 """
 
 from lamina_batch.emulator.config import BUILTIN_APPS, AppDef, EmulatorConfig, Faults, OutputDef, ParamDef
+from lamina_batch.emulator.oauth import OAuthConfig, OAuthStats, TokenPair
 from lamina_batch.emulator.server import (
     Emulator,
     EmulatorStats,
@@ -20,9 +21,12 @@ __all__ = [
     "EmulatorConfig",
     "EmulatorStats",
     "Faults",
+    "OAuthConfig",
+    "OAuthStats",
     "OutputDef",
     "ParamDef",
     "RequestLogEntry",
+    "TokenPair",
     "WebhookAttempt",
     "banner",
     "serve",

@@ -16,6 +16,7 @@ YAML format (every key optional; see `example-config.yaml` beside this file)::
     webhook_user_id: user_emulator
     outage_drop: false           # during an outage drop connections instead of answering 503
     include_builtin_apps: true   # keep the demo catalogue next to `apps`
+    oauth: {access_ttl: 3600}    # off when absent: OAuth logins with rotating refresh tokens (emulator/oauth.py)
     faults: {p429: 0, p500: 0, p503: 0, p_drop: 0, p_slow: 0, slow_seconds: 2,
              p_lost_start_reply: 0, p_start_500_after_create: 0, p_fail: 0}
     apps:
@@ -45,6 +46,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from lamina_batch.emulator.oauth import OAuthConfig, parse_oauth_config
 
 _NS = uuid.UUID("6f1c1e0a-2b7d-4c1e-9a55-6c616d696e61")
 NO_DEFAULT: Any = None  # marker meaning "no default": a parameter with default None must be supplied
@@ -207,6 +210,7 @@ class EmulatorConfig:
     webhook_user_id: str = "user_emulator"
     outage_drop: bool = False
     max_body_bytes: int = 4 * 1024 * 1024
+    oauth: OAuthConfig | None = None  # None: only the static key is accepted
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> EmulatorConfig:
@@ -245,6 +249,7 @@ _TOP_KEYS = {
     "webhook_rotated",
     "webhook_user_id",
     "outage_drop",
+    "oauth",
 }
 
 
@@ -324,6 +329,8 @@ def _parse_doc(doc: dict[str, Any], file: str) -> dict[str, Any]:
         out["webhook_retry_delays"] = tuple(_num(x, f"webhook_retry_delays[{i}]", err) for i, x in enumerate(v))
     if "faults" in doc:
         out["faults"] = _parse_faults(doc["faults"], err)
+    if "oauth" in doc:
+        out["oauth"] = parse_oauth_config(doc["oauth"], err)
     include_builtin = doc.get("include_builtin_apps", True)
     if not isinstance(include_builtin, bool):
         raise err("include_builtin_apps", "must be true or false")

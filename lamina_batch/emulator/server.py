@@ -35,6 +35,7 @@ from lamina_batch.emulator.catalogue import (
     validate_start_body,
 )
 from lamina_batch.emulator.config import AppDef, EmulatorConfig, Faults, OutputDef
+from lamina_batch.emulator.oauth import REFRESH_ROUTE, OAuthServer, OAuthStats, TokenPair
 from lamina_batch.emulator.png import image_key, render_png
 from lamina_batch.emulator.signing import KeyRing
 from lamina_batch.httpd import DROP, HttpServer, Limits, Reply, Request, descriptor_share, json_reply
@@ -105,6 +106,7 @@ class EmulatorStats:
         self.kills = 0  # SIGKILLs sent by `Emulator.kill_on_start`
         self.estimates_served = 0
         self.insufficient_credits = 0  # starts refused with 402: the balance could not cover them
+        self.oauth = OAuthStats()
 
     @property
     def requests(self) -> list[RequestLogEntry]:
@@ -237,6 +239,7 @@ class EmulatorCore:
         self.outage_drop = config.outage_drop
         self.base_url = ""
         self.credits_remaining = config.credits
+        self.oauth = OAuthServer(config.oauth, self.stats.oauth) if config.oauth is not None else None
         self._rng = random.Random(f"{config.seed}/runs")
         self._fault_rng = random.Random(f"{config.seed}/faults")
         self._runs: dict[str, _Run] = {}
@@ -343,6 +346,8 @@ class EmulatorCore:
         path = req.path
         if path.startswith("/files/"):
             return self._logged(req, self._file(req))
+        if path == REFRESH_ROUTE and self.oauth is not None:
+            return self._logged(req, self._token(req))
         if not path.startswith(("/v1/", "/api/")):
             return self._logged(req, self._error(404, "NOT_FOUND", f"No route for {req.method} {path}"))
         faults = self.faults
@@ -431,9 +436,23 @@ class EmulatorCore:
             return self._error(
                 401, "AUTH_MISSING_KEY", "Missing API key: send Authorization: Bearer <key>", headers=headers
             )
-        if not hmac.compare_digest(given.encode(), self.config.key.encode()):
-            return self._error(401, "AUTH_INVALID_KEY", "Invalid API key", headers=headers)
-        return None
+        if hmac.compare_digest(given.encode(), self.config.key.encode()):
+            return None
+        verdict = self.oauth.check(given) if self.oauth is not None else "unknown"
+        if verdict == "ok":
+            return None
+        message = {"expired": "Access token expired", "revoked": "Access token revoked"}.get(verdict, "Invalid API key")
+        return self._error(401, "AUTH_INVALID_KEY", message, headers=headers)
+
+    def _token(self, req: Request) -> Reply:
+        """The OAuth refresh grant (emulator/oauth.py); an outage reaches it like any other request."""
+        assert self.oauth is not None
+        if self.outage:
+            return DROP if self.outage_drop else self._error(503, "RESOURCE_UNAVAILABLE", "Service unavailable")
+        if req.method != "POST":
+            return self._error(404, "NOT_FOUND", f"No route for {req.method} {req.path}")
+        status, payload = self.oauth.token_endpoint(req.body, req.headers.get("content-type", ""))
+        return json_reply(status, payload)
 
     def _route(self, req: Request, h: tuple[tuple[str, str], ...]) -> Reply | Awaitable[Reply]:
         parts = req.path.strip("/").split("/")
@@ -996,6 +1015,17 @@ class Emulator:
 
         loop.call_soon_threadsafe(call)
         return done.result(timeout=10)
+
+    def seed_login(self, *, access_ttl: float | None = None) -> TokenPair:
+        """A new OAuth login (config `oauth` must be on); write `pair.login_document(emu.base_url)` to a test's
+        `~/.lamina/config.json`."""
+        if self._core.oauth is None:
+            raise RuntimeError("this emulator's OAuth is off: configure oauth=OAuthConfig(...)")
+        return self._core.oauth.seed_login(access_ttl=access_ttl)
+
+    def expire_tokens(self, access_token: str | None = None) -> int:
+        """Expire one access token now, or every live one (a server expiring tokens early); returns how many."""
+        return 0 if self._core.oauth is None else self._core.oauth.expire(access_token)
 
     def with_config(self, **changes: Any) -> Emulator:
         """A new (not started) emulator with some config fields changed."""
