@@ -34,6 +34,7 @@ from lamina_batch.models import (
     RunRecord,
     RunState,
 )
+from lamina_batch.verdicts import create_verdicts_table
 
 __all__ = [
     "MANIFEST_SUFFIX",
@@ -47,7 +48,7 @@ __all__ = [
 ]
 
 MANIFEST_SUFFIX = ".lamina.sqlite"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 5000
 # quick_check reads every page; past this size it would make `run` slow to start, so it is skipped.
 QUICK_CHECK_MAX_BYTES = 64 * 1024 * 1024
@@ -196,8 +197,14 @@ def _migrate_to_2(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_to_3(conn: sqlite3.Connection) -> None:
+    """Review verdicts (TEMPORARY on the ui branch: the lead renumbers it into the manifest package's
+    migrations at merge)."""
+    create_verdicts_table(conn)
+
+
 # version N -> the function that upgrades a version N-1 file to N
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_to_1, 2: _migrate_to_2}
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3}
 assert sorted(_MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 
 
