@@ -420,12 +420,14 @@ def _problem(source: str, path: str, message: str, hint: str | None = None) -> C
     return ConfigError(Problem(message, file=source, path=path, hint=hint))
 
 
-def _field(entry: Mapping[str, Any], name: str, kind: type | tuple[type, ...], where: str, source: str) -> Any:
+_KINDS = {str: "text", int: "a whole number"}
+
+
+def _field(entry: Mapping[str, Any], name: str, kind: type, where: str, source: str) -> Any:
     value = entry.get(name)
     if not isinstance(value, kind) or isinstance(value, bool):
-        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        got = "missing" if name not in entry else f"a {type(value).__name__}"
-        raise _problem(source, f"{where}.{name}", f"must be a {expected} ({got})")
+        got = "missing" if name not in entry else f"got {json.dumps(value)[:40]}"
+        raise _problem(source, f"{where}.{name}", f"must be {_KINDS.get(kind, kind.__name__)} ({got})")
     return value
 
 

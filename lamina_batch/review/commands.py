@@ -120,9 +120,12 @@ def resolve_target(records: Sequence[RunRecord], target: str) -> list[RunRecord]
     else:
         matched = [r for r in records if r.row_key == row]
     if not matched:
-        hint = did_you_mean(row, sorted(keys)) if not row.startswith("#") else None
-        if not keys and not row.startswith("#"):
+        if row.startswith("#"):
+            hint = f"rows run from #{min(r.row_number for r in records)}" if records else None
+        elif not keys:
             hint = "this pipeline has no matrix.key; name the row by number, e.g. #12"
+        else:
+            hint = did_you_mean(row, sorted(keys)) or f"keys such as {', '.join(sorted(keys)[:3])}, or #N"
         raise _target_error(target, f"no row {row!r} in the manifest", hint)
     if step is not None:
         steps = sorted({r.step_id for r in records})
