@@ -330,9 +330,8 @@ def _images_note(g: _Gallery) -> str:
     if g.local and not g.data.embed:
         rel = os.path.relpath(g.files_dir, g.report_dir)
         notes.append(
-            f"Images are links relative to this page, into <code>{_e(rel)}/</code> "
-            f'(<code title="{_e(g.files_dir)}">{_e(_cap(str(g.files_dir), 120))}</code>): keep the page beside that '
-            "folder, or write it with <code>--embed</code> to move or upload it."
+            f'Images are links relative to this page, into <code title="{_e(g.files_dir)}">{_e(rel)}/</code>: '
+            "keep the page beside that folder, or write it with <code>--embed</code> to move or upload it."
         )
     elif g.embedded:
         notes.append(f"{g.embedded} images are embedded: this page can be moved or uploaded as it is.")

@@ -21,7 +21,7 @@ border-bottom:1px solid var(--line);padding:18px 28px 14px}
 h1{margin:2px 0 2px;font-size:24px;letter-spacing:-.01em}
 .sub{margin:0;color:var(--muted)}
 .imgnote{margin:4px 0 0;color:var(--muted);font-size:12px;max-width:900px}
-.imgnote code{font-size:11.5px;background:#f2f4f7;padding:0 4px;border-radius:4px}
+.imgnote code{font-size:11.5px;background:#f2f4f7;padding:0 4px;border-radius:4px;white-space:nowrap}
 .score{text-align:right}.score b{display:block;font-size:28px;line-height:1;color:var(--ok-ink)}
 .score span{font-size:12px;color:var(--muted)}
 nav{display:flex;flex-wrap:wrap;gap:8px;margin-top:14px;align-items:center}

@@ -81,7 +81,7 @@ border-radius:12px;padding:12px 14px;margin-bottom:12px;content-visibility:auto;
 .row[hidden]{display:none}
 .rowhead{min-width:0}.rowhead dl.kv{margin-top:6px;padding-top:6px}
 .tiles{display:flex;flex-wrap:wrap;gap:10px;align-content:flex-start}
-.tile{width:260px;border:2px solid transparent;border-radius:10px;padding:6px;background:#f9fafb;cursor:pointer;
+.tile{width:290px;border:2px solid transparent;border-radius:10px;padding:6px;background:#f9fafb;cursor:pointer;
 scroll-margin-top:170px;scroll-margin-bottom:24px;outline:none}
 .tile[hidden]{display:none}
 .tile.focus{border-color:var(--ink);background:#fff;box-shadow:0 4px 14px rgba(16,24,40,.14)}
