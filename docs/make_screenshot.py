@@ -90,7 +90,8 @@ def shoot(browser: object, url: str, target: Path, *, height: int = 1000, review
         page.keyboard.press("Home")
     # polled through the page's own elements: the review page's CSP forbids evaluating a string
     deadline = time.monotonic() + 30
-    while not page.locator("img").evaluate_all("els => els.every(i => i.complete || i.getBoundingClientRect().top > innerHeight)"):
+    on_screen_loaded = "els => els.every(i => i.complete || i.getBoundingClientRect().top > innerHeight)"
+    while not page.locator("img").evaluate_all(on_screen_loaded):
         if time.monotonic() > deadline:
             raise SystemExit(f"make_screenshot: images of {url} did not load")
         page.wait_for_timeout(100)
