@@ -105,7 +105,10 @@ def open_page(browser: Any, url: str, *, width: int = 1280, height: int = 2400) 
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(url)
-    page.wait_for_function("Array.from(document.images).every(i => i.complete)")
+    # every image on the screen has loaded (or failed); lazy ones further down are not waited for
+    page.wait_for_function(
+        "Array.from(document.images).every(i => i.complete || i.getBoundingClientRect().top > innerHeight)"
+    )
     page.errors = errors
     return page
 
