@@ -251,6 +251,9 @@ def test_offline_verdicts_export_a_file_that_imports(tmp_path: Path, browser: An
     boxes.nth(0).locator(".vnote").fill("wrong colour")
     boxes.nth(3).locator(".vr").click()
     boxes.nth(4).locator(".va").click()
+    boxes.nth(5).locator(".va").click()
+    boxes.nth(5).locator(".va").click()  # a second click takes the decision back
+    assert boxes.nth(5).get_attribute("data-verdict") == ""
     assert page.locator("#export b").inner_text() == "3"
     page.reload()
     page.wait_for_function("document.querySelector('#export b').textContent === '3'")

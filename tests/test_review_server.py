@@ -15,12 +15,13 @@ from typing import Any
 
 import httpx
 import pytest
-from review_helpers import Run, write_png, write_runs
+from review_helpers import Run, planned, write_png, write_runs
 
 from lamina_batch.emulator import Emulator
 from lamina_batch.errors import ConfigError, ManifestError
 from lamina_batch.manifest import Manifest
-from lamina_batch.models import DownloadRecord, RunState
+from lamina_batch.models import DownloadRecord, RunOutput, RunState
+from lamina_batch.reports.common import PastAttempt
 from lamina_batch.review import ReviewSource, ReviewThread, check_bind_host, serve_review
 from lamina_batch.verdicts import VerdictStore
 
@@ -121,6 +122,42 @@ def test_files_are_served_safely(server: ReviewThread, batch: tuple[Path, Path])
         assert c.get("/files/hero-1/a9/0").status_code == 404
         assert c.get("/etc/passwd").status_code == 404
         assert c.delete("/").status_code == 405
+
+
+def test_earlier_attempts_are_listed_newest_first_and_served(batch: tuple[Path, Path]) -> None:
+    """With a history source, a run's earlier attempts come with their images (served from where they were
+    kept) and their verdicts, newest first; the current attempt is unreviewed again."""
+    manifest, out_dir = batch
+    with VerdictStore.open(manifest) as store:
+        store.record("hero-1", 1, "rejected", "too red")
+    with Manifest.open(manifest, pipeline_name=NAME, writer=True) as m:  # a redo: attempt 3 of hero-1
+        for _ in range(2):
+            m.set_state("hero-1", RunState.PENDING)
+            m.begin_attempt(planned(Run("hero", 1, {"sku": "A1", "name": "Mug"}, key="A1")), {"Prompt": "p"})
+        m.set_remote_id("hero-1", "run_redo")
+        m.finish("hero-1", RunState.COMPLETED, outputs=(RunOutput("n1", "Hero Image", "image", "u", "completed"),))
+    write_png(out_dir / "out" / "history" / "hero-1.attempt-1.png", BLUE)
+    first = PastAttempt(
+        1,
+        RunState.COMPLETED,
+        outputs=(RunOutput("n1", "Hero Image", "image", "https://cdn.example/old.png", "completed"),),
+        downloads=(DownloadRecord(0, "Hero Image", "u", "out/history/hero-1.attempt-1.png", 1, "0" * 64),),
+    )
+    second = PastAttempt(2, RunState.FAILED, error="start reply lost")
+
+    def history(identity: str) -> list[PastAttempt]:
+        return [first, second] if identity == "hero-1" else []
+
+    with ReviewThread(source(manifest, out_dir, history=history)) as srv, client(srv) as c:
+        hero = c.get("/api/items").json()["items"][0]["runs"][0]
+        assert (hero["attempt"], hero["verdict"]) == (3, None)
+        assert [h["attempt"] for h in hero["history"]] == [2, 1]
+        assert hero["history"][1]["verdict"]["note"] == "too red"
+        assert hero["history"][1]["images"] == [{"src": "/files/hero-1/a1/0", "label": "Hero Image"}]
+        assert hero["history"][0]["images"] == []
+        r = c.get("/files/hero-1/a1/0")
+        assert r.status_code == 200
+        assert r.content == (out_dir / "out" / "history" / "hero-1.attempt-1.png").read_bytes()
 
 
 def test_verdict_undo_and_the_stamp(server: ReviewThread, batch: tuple[Path, Path]) -> None:
