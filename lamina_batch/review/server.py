@@ -120,12 +120,8 @@ class ReviewServer:
         self._hosts: frozenset[str] = frozenset()
 
     async def start(self) -> str:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._writes, self._open)
-        self._server = await loop.create_server(
-            lambda: HttpProtocol(self.handle, self._registry, MAX_BODY), self.host, self.port
-        )
-        self.port = int(self._server.sockets[0].getsockname()[1])
+        await asyncio.get_running_loop().run_in_executor(self._writes, self._open)
+        self.port = await self._listen()
         shown = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host  # noqa: S104 - naming, not binding
         shown = f"[{shown}]" if ":" in shown else shown
         self.url = f"http://{shown}:{self.port}/"
@@ -141,13 +137,25 @@ class ReviewServer:
         uri = f"{src.manifest.resolve().as_uri()}?mode=ro"
         self._stamp = sqlite3.connect(uri, uri=True, check_same_thread=False)
 
-    async def close(self) -> None:
+    # The only two methods that know the server core: with lamina_batch.httpd (PLAN contract 4) they become
+    # `HttpServer(self.handle, self.host, self.port, limits=Limits(max_body=MAX_BODY))`, `start()`/`port`, `stop()`.
+    async def _listen(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: HttpProtocol(self.handle, self._registry, MAX_BODY), self.host, self.port
+        )
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _unlisten(self) -> None:
         if self._server is not None:
             self._server.close()
         self._registry.close_all()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
+
+    async def close(self) -> None:
+        await self._unlisten()
         self._reads.shutdown(wait=True)
         self._writes.shutdown(wait=True)
         for closable in (self._manifest, self._store, self._stamp):
