@@ -207,19 +207,20 @@ def _attempt_strip(g: _Gallery, rec: RunRecord, current: Sequence[_Image], past:
     """The run's attempts side by side, newest first: the current one, then each earlier one with its verdict."""
     verdicts = g.data.verdicts
     figures = []
-    entries: list[tuple[int, Sequence[_Image], str, bool]] = [(max(rec.attempts, 1), current, "now", True)]
+    # (attempt, images, what the caption says, css class)
+    entries: list[tuple[int, Sequence[_Image], str, str]] = [(max(rec.attempts, 1), current, "now", "cur")]
     for p in sorted(past, key=lambda a: a.attempt, reverse=True):
         media = _media(g, rec.step_id, p.outputs, p.downloads)
         v = verdicts.get((rec.identity, p.attempt))
-        entries.append((p.attempt, media.images, v.verdict if v else STATE_LABELS[p.state], False))
-    for attempt, images, label, is_current in entries:
+        word, kind = (v.verdict, v.verdict) if v else (STATE_LABELS[p.state], p.state.value)
+        entries.append((p.attempt, media.images, word, f"a-{kind}"))
+    for attempt, images, word, kind in entries:
         inner = (
             f'<img loading="lazy" decoding="async" src="{_e(images[0].src)}" alt="attempt {attempt}">'
             if images
             else '<i class="noimg"></i>'
         )
-        cls = "att cur" if is_current else f"att a-{_e(label)}"
-        figures.append(f'<figure class="{cls}">{inner}<figcaption>#{attempt} · {_e(label)}</figcaption></figure>')
+        figures.append(f'<figure class="att {kind}">{inner}<figcaption>#{attempt} · {_e(word)}</figcaption></figure>')
     return f'<div class="atts" aria-label="attempts, newest first">{"".join(figures)}</div>'
 
 
