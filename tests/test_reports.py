@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import csv
+import dataclasses
 import json
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
@@ -26,7 +28,8 @@ from lamina_batch.reports import (
     write_markdown,
     write_report,
 )
-from lamina_batch.reports.common import iter_items
+from lamina_batch.reports.common import PastAttempt, iter_items
+from lamina_batch.verdicts import Verdict
 
 STEPS = ("hero", "banner")
 
@@ -470,3 +473,120 @@ def test_atomic_write_leaves_old_file_and_no_temp_on_error(tmp_path: Path, fmt: 
         write_report(fmt, data(exploding(), tmp_path), out)
     assert out.read_text(encoding="utf-8") == "previous"
     assert [p.name for p in tmp_path.iterdir()] == [out.name]
+
+
+# ----------------------------------------------------------------------------------------------- html: wide
+# sheets, embedding, verdicts and attempts
+
+
+def png_file(path: Path, payload: bytes = b"\x89PNG\r\n\x1a\nfake") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(payload)
+
+
+def downloaded(step: str, n: int, rel: str, **kw: Any) -> RunRecord:
+    url = f"https://cdn/{n}/{step}.png"
+    return rec(
+        step,
+        n,
+        RunState.COMPLETED,
+        key=f"K{n}",
+        outputs=[img(url)],
+        downloads=[DownloadRecord(0, "Hero Image", url, rel, 4, "0" * 64)],
+        remote_id=f"r{n}",
+        **kw,
+    )
+
+
+def test_html_images_resolve_against_the_folder_the_run_wrote_to(tmp_path: Path) -> None:
+    """With output_dir set, downloads link into it (relative to the page), not into base_dir; the page says
+    which folder its images are relative to."""
+    out_dir = tmp_path / "elsewhere" / "out-dir"
+    png_file(out_dir / "A/hero.png")
+    out = tmp_path / "site" / "g.html"
+    write_html(ReportInput("p", STEPS, [downloaded("hero", 1, "A/hero.png")], tmp_path, output_dir=out_dir), out)
+    page = out.read_text(encoding="utf-8")
+    assert 'src="../elsewhere/out-dir/A/hero.png"' in page
+    assert f'Images are links relative to this page, into <code title="{out_dir}">../elsewhere/out-dir/</code>' in page
+    assert "--embed" in page
+
+
+def test_html_embed_inlines_images_and_says_so(tmp_path: Path) -> None:
+    """--embed: images become data URIs (the page can move); a missing file, one past the size cap or one
+    reached through a symlink out of the folder stays a link, and the page counts them."""
+    png_file(tmp_path / "a.png", b"\x89PNG\r\n\x1a\nAAAA")
+    png_file(tmp_path / "big.png", b"\x89PNG" + b"\0" * (8 << 20))
+    secret = tmp_path.parent / f"{tmp_path.name}-secret.png"
+    png_file(secret, b"\x89PNG\r\n\x1a\nSECRET")
+    (tmp_path / "escape.png").symlink_to(secret)
+    records = [
+        downloaded("hero", 1, "a.png"),
+        downloaded("hero", 2, "missing.png"),
+        downloaded("hero", 3, "big.png"),
+        downloaded("hero", 4, "escape.png"),
+    ]
+    out = tmp_path / "g.html"
+    write_html(ReportInput("p", STEPS, records, tmp_path, embed=True), out)
+    page = out.read_text(encoding="utf-8")
+    encoded = base64.b64encode(b"\x89PNG\r\n\x1a\nAAAA").decode()
+    assert f'src="data:image/png;base64,{encoded}"' in page
+    assert 'src="missing.png"' in page
+    assert 'src="big.png"' in page
+    assert 'src="escape.png"' in page
+    assert base64.b64encode(b"\x89PNG\r\n\x1a\nSECRET").decode() not in page
+    assert "1 images are embedded" in page
+    assert "3 images could not be embedded (missing, or over 8 MiB)" in page
+    assert "Images are links relative" not in page
+
+
+def test_html_cards_title_shown_columns_and_details(tmp_path: Path) -> None:
+    """A card is titled by its key, shows the template columns (one line each, full text on hover) and keeps
+    the other columns behind a details toggle."""
+    row = {"Handle": "black-t-shirt-os", "Title": "T" * 400, "Vendor": "Acme", **{f"x{i}": "v" for i in range(40)}}
+    r = rec("hero", 1, RunState.COMPLETED, row=row, key="black-t-shirt-os", remote_id="r1")
+    out = tmp_path / "g.html"
+    data = ReportInput("p", STEPS, [r], tmp_path, template_columns=("Title", "Handle"), key_column="Handle")
+    write_html(data, out)
+    page = out.read_text(encoding="utf-8")
+    assert '<span class="ttl" title="black-t-shirt-os">black-t-shirt-os</span>' in page
+    assert f'<dt title="Title">Title</dt><dd title="{"T" * 400}">{"T" * 299}…</dd>' in page
+    assert "<summary>41 more columns</summary>" in page
+    assert page.count("<dt ") == 42  # Handle is the title, not a field
+
+
+def test_html_verdict_controls_and_earlier_attempts(tmp_path: Path) -> None:
+    """Completed runs get approve/reject controls carrying the run attempt and the verdict in force; a run
+    with earlier attempts shows them side by side, newest first, each with its verdict."""
+    png_file(tmp_path / "h3.png")
+    png_file(tmp_path / "history/h-2.png")
+    current = downloaded("hero", 1, "h3.png")
+    current = dataclasses.replace(current, attempts=3)
+    failed = rec("banner", 1, RunState.FAILED, key="K1", error="boom", remote_id="r2")
+    past = (
+        PastAttempt(1, RunState.COMPLETED),
+        PastAttempt(
+            2,
+            RunState.COMPLETED,
+            outputs=(img("https://cdn/old.png"),),
+            downloads=(DownloadRecord(0, "Hero Image", "https://cdn/old.png", "history/h-2.png", 4, "0" * 64),),
+        ),
+    )
+    verdicts = {
+        (current.identity, 3): Verdict(1, current.identity, 3, "approved", "good", "2026-01-01T00:00:00.000Z", "x"),
+        (current.identity, 2): Verdict(2, current.identity, 2, "rejected", None, "2026-01-01T00:00:00.000Z", "x"),
+    }
+    out = tmp_path / "g.html"
+    data = ReportInput("p", STEPS, [current, failed], tmp_path, verdicts=verdicts, history={current.identity: past})
+    write_html(data, out)
+    page = out.read_text(encoding="utf-8")
+    assert page.count('<div class="vd') == 1  # the failed banner has nothing to review
+    assert f'data-identity="{current.identity}" data-attempt="3"' in page
+    assert 'data-verdict="approved"' in page
+    assert 'class="va" aria-pressed="true"' in page
+    assert 'value="good"' in page
+    assert '<option value="approved">Approved (1)</option>' in page
+    strip = page[page.index('<div class="atts"') :]
+    captions = [strip.index(t) for t in ("#3 · now", "#2 · rejected", "#1 · completed")]
+    assert captions == sorted(captions)
+    assert 'src="history/h-2.png" alt="attempt 2"' in strip
+    assert '<i class="noimg"></i><figcaption>#1' in strip

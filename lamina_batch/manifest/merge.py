@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lamina_batch.errors import ManifestError
+from lamina_batch.verdicts import copy_verdicts
 
 from .api import Manifest
 from .files import acquire_lock, connect, fsync_dir
@@ -124,6 +125,7 @@ def _build_merge(sources: Sequence[Manifest], dest: Path, name: str | None) -> M
                         "INSERT OR IGNORE INTO webhooks (request_id, run_id, status, received_at) VALUES (?, ?, ?, ?)",
                         s.execute("SELECT request_id, run_id, status, received_at FROM webhooks"),
                     )
+                    copy_verdicts(s, conn)
             conn.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('merged_from', ?)",
                 (dumps([str(m.path) for m in sources]),),

@@ -18,7 +18,7 @@ __all__ = [
     "read_header",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 RUN_COLUMNS = (
     "identity",
@@ -122,8 +122,15 @@ def _migrate_to_2(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_to_3(conn: sqlite3.Connection) -> None:
+    """Review verdicts per run attempt (verdicts.py owns the table and writes it on its own connection)."""
+    from lamina_batch.verdicts import create_verdicts_table
+
+    create_verdicts_table(conn)
+
+
 # version N -> the function that upgrades a version N-1 file to N
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_to_1, 2: _migrate_to_2}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3}
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 
 

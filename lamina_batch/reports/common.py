@@ -6,10 +6,11 @@ Reports are functions over plain data (`ReportInput`), so they never touch the m
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from lamina_batch.models import RunRecord, RunState
+from lamina_batch.models import DownloadRecord, RunOutput, RunRecord, RunState
+from lamina_batch.verdicts import Verdict
 
 # The order states are shown in, everywhere: good news first, then the bad, then what is not finished.
 STATE_ORDER: tuple[RunState, ...] = (
@@ -36,14 +37,47 @@ STATE_LABELS: Mapping[RunState, str] = {
 
 
 @dataclass(frozen=True)
+class PastAttempt:
+    """An earlier attempt of a run (a retry or a redo), kept as history: what it produced and where its
+    files went (download paths relative to the output folder, like the current attempt's)."""
+
+    attempt: int
+    state: RunState
+    outputs: tuple[RunOutput, ...] = ()
+    downloads: tuple[DownloadRecord, ...] = ()
+    remote_id: str | None = None
+    finished_at: str | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class ReportInput:
     """Everything a report needs. `records` come ordered by row_number (as `Manifest.iter_runs()` yields them)
-    and may be a one-shot iterator; `base_dir` is the directory download paths are relative to."""
+    and may be a one-shot iterator; `base_dir` is the directory download paths are relative to unless
+    `output_dir` names the folder the run really wrote to (then that one is used).
+
+    Only the HTML gallery reads the rest: `columns` (the spec's `report.columns`: the row columns a card shows;
+    None: `template_columns`, the columns the pipeline's templates use, in order of first use), `key_column`
+    (`matrix.key`, so a card titled by its key does not list it again), `embed` (inline the images as data
+    URIs), `verdicts` (the verdict in force per (identity, attempt)) and `history` (earlier attempts per
+    identity, newest first)."""
 
     pipeline_name: str
     step_ids: Sequence[str]
     records: Iterable[RunRecord]
     base_dir: Path
+    output_dir: Path | None = None
+    columns: Sequence[str] | None = None
+    template_columns: Sequence[str] = ()
+    key_column: str | None = None
+    embed: bool = False
+    verdicts: Mapping[tuple[str, int], Verdict] = field(default_factory=dict)
+    history: Mapping[str, Sequence[PastAttempt]] = field(default_factory=dict)
+
+    @property
+    def files_dir(self) -> Path:
+        """The folder download paths resolve against."""
+        return self.output_dir if self.output_dir is not None else self.base_dir
 
 
 def iter_items(records: Iterable[RunRecord]) -> Iterator[list[RunRecord]]:

@@ -1,22 +1,26 @@
-"""The HTML gallery: one self-contained page (inline CSS/JS, no network assets) with a card per matrix item,
-thumbnails of its images, its row values, per-step status and errors, and status filters. Everything escaped."""
+"""The HTML gallery: one self-contained page (inline CSS/JS, no network assets) with a card per matrix item, its
+images (linked relative to the page, or embedded as data URIs), a title and the row values that matter, per-step
+status, errors, earlier attempts, and offline approve/reject with "Export verdicts". Everything escaped."""
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
 from typing import IO
 from urllib.parse import quote
 
 from lamina_batch.atomic import atomic_text_writer
-from lamina_batch.models import DownloadRecord, RunRecord, RunState
+from lamina_batch.models import DownloadRecord, RunOutput, RunRecord, RunState
 from lamina_batch.reports.common import (
     STATE_LABELS,
     STATE_ORDER,
+    PastAttempt,
     ReportInput,
     axes_label,
     error_text,
@@ -24,13 +28,27 @@ from lamina_batch.reports.common import (
     iter_items,
     latest_per_step,
     output_text,
-    row_label,
 )
+from lamina_batch.reports.fields import RowView, row_view
+from lamina_batch.reports.html_assets import GALLERY_CSS, GALLERY_JS
+from lamina_batch.verdicts import Verdict
 
-_IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".avif", ".bmp", ".svg"})
+_IMAGE_TYPES = {
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".webp": "image/webp",
+    ".gif": "image/gif",
+    ".avif": "image/avif",
+    ".bmp": "image/bmp",
+    ".svg": "image/svg+xml",
+}
 _SPOOL_BYTES = 4 << 20
 _TEXT_CAP = 500
-_ROW_VALUE_CAP = 300
+_VALUE_CAP = 300  # shown in the card; the hover text carries up to _HOVER_CAP
+_HOVER_CAP = 2000
+# One image past this stays a link even with --embed: a page of such images would not open.
+EMBED_MAX_BYTES = 8 << 20
 # A card's colour is its worst run: the first state in this order that any of its runs is in.
 _SEVERITY: tuple[RunState, ...] = (
     RunState.FAILED,
@@ -52,129 +70,281 @@ def _cap(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _download_href(base_dir: Path, report_dir: Path, d: DownloadRecord) -> str:
+@dataclass(frozen=True)
+class _Image:
+    src: str
+    href: str | None  # where a click goes; None when the image is embedded (or nothing to open)
+    caption: str
+
+
+@dataclass
+class _Gallery:
+    """What writing the page needs besides the records, and what it learnt on the way (for the header)."""
+
+    data: ReportInput
+    report_dir: Path
+    files_dir: Path
+    local: int = 0
+    embedded: int = 0
+    not_embedded: int = 0
+    remote: int = 0
+    counts: dict[RunState, int] = field(default_factory=dict)
+    verdict_counts: dict[str, int] = field(default_factory=dict)
+
+    def local_image(self, rel_path: str, caption: str) -> _Image:
+        self.local += 1
+        href = _relative_href(self.files_dir, self.report_dir, rel_path)
+        if self.data.embed:
+            uri = _data_uri(self.files_dir, rel_path)
+            if uri is not None:
+                self.embedded += 1
+                return _Image(uri, None, caption)
+            self.not_embedded += 1
+        return _Image(href, href, caption)
+
+    def remote_image(self, url: str, caption: str) -> _Image:
+        self.remote += 1
+        return _Image(url, url, caption)
+
+
+def _relative_href(files_dir: Path, report_dir: Path, rel_path: str) -> str:
     # Relative to where the report lives, so the folder can be zipped and opened anywhere.
-    rel = os.path.relpath(base_dir / d.path, report_dir)
+    rel = os.path.relpath(files_dir / rel_path, report_dir)
     return quote(Path(rel).as_posix(), safe="/._-~")
 
 
-def _is_image_download(rec: RunRecord, d: DownloadRecord) -> bool:
-    for o in rec.outputs:
+def _data_uri(files_dir: Path, rel_path: str) -> str | None:
+    """The file as a data URI; None when it is missing, too big, or (by a tampered path) outside its folder."""
+    try:
+        path = (files_dir / rel_path).resolve(strict=True)
+        if not path.is_relative_to(files_dir) or not path.is_file() or path.stat().st_size > EMBED_MAX_BYTES:
+            return None
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    mime = _IMAGE_TYPES.get(path.suffix.lower(), "application/octet-stream")
+    return f"data:{mime};base64,{base64.b64encode(raw).decode('ascii')}"
+
+
+def _is_image(outputs: Sequence[RunOutput], d: DownloadRecord) -> bool:
+    for o in outputs:
         if o.label == d.label and o.type:
             return o.type == "image"
-    return Path(d.path).suffix.lower() in _IMAGE_EXTS
+    return Path(d.path).suffix.lower() in _IMAGE_TYPES
 
 
 class _Media:
-    """What a card shows for one run: images (href, caption) and other links/texts."""
+    """What a card shows for one run (or one earlier attempt): images, other links, and text outputs."""
 
     def __init__(self) -> None:
-        self.images: list[tuple[str, str]] = []
+        self.images: list[_Image] = []
         self.links: list[tuple[str, str]] = []
         self.texts: list[tuple[str, str]] = []
 
 
-def _media(rec: RunRecord, base_dir: Path, report_dir: Path) -> _Media:
+def _media(g: _Gallery, step_id: str, outputs: Sequence[RunOutput], downloads: Sequence[DownloadRecord]) -> _Media:
     media = _Media()
-    downloaded = {d.output_index for d in rec.downloads}
-    downloaded_labels = {d.label for d in rec.downloads}
-    for d in rec.downloads:
-        href = _download_href(base_dir, report_dir, d)
-        caption = f"{rec.step_id} · {d.label}"
-        (media.images if _is_image_download(rec, d) else media.links).append((href, caption))
-    for idx, o in enumerate(rec.outputs):
+    downloaded = {d.output_index for d in downloads}
+    downloaded_labels = {d.label for d in downloads}
+    for d in downloads:
+        caption = f"{step_id} · {d.label}"
+        if _is_image(outputs, d):
+            media.images.append(g.local_image(d.path, caption))
+        else:
+            media.links.append((_relative_href(g.files_dir, g.report_dir, d.path), d.label))
+    for idx, o in enumerate(outputs):
         if o.value is None or o.status == "error":
             continue
         if idx in downloaded or (o.label in downloaded_labels and is_web_url(o.value)):
             continue
-        caption = f"{rec.step_id} · {o.label}"
         if is_web_url(o.value):
-            (media.images if o.type == "image" else media.links).append((str(o.value), caption))
+            if o.type == "image":
+                media.images.append(g.remote_image(str(o.value), f"{step_id} · {o.label}"))
+            else:
+                media.links.append((str(o.value), o.label))
         else:
             media.texts.append((o.label, output_text(o.value)))
     return media
 
 
-def _card(runs: Sequence[RunRecord], step_ids: Sequence[str], base_dir: Path, report_dir: Path) -> str:
+def _img_tag(img: _Image, *, label: str) -> str:
+    tag = (
+        f'<img loading="lazy" decoding="async" src="{_e(img.src)}" alt="{_e(img.caption)}" '
+        f'onload="this.dataset.loaded=1" onerror="this.dataset.loaded=0;this.parentNode.classList.add(\'broken\')">'
+        f"<span>{_e(label)}</span>"
+    )
+    if img.href is None:
+        return f'<div class="thumb" title="{_e(img.caption)}">{tag}</div>'
+    return f'<a class="thumb" href="{_e(img.href)}" target="_blank" rel="noopener" title="{_e(img.caption)}">{tag}</a>'
+
+
+def _thumbs(images: Sequence[_Image], worst: RunState) -> str:
+    if not images:
+        return f'<div class="thumbs none"><span>no image · {_e(STATE_LABELS[worst])}</span></div>'
+    tags = "".join(_img_tag(img, label=img.caption.split(" · ", 1)[0]) for img in images)
+    return f'<div class="thumbs n{min(len(images), 4)}">{tags}</div>'
+
+
+def _verdict_box(rec: RunRecord, verdict: Verdict | None) -> str:
+    """Approve/reject controls of a completed run; the page script keeps offline decisions in the browser."""
+    v = verdict.verdict if verdict else ""
+    note = (verdict.note or "") if verdict else ""
+    return (
+        f'<div class="vd{f" v-{v}" if v else ""}" data-identity="{_e(rec.identity)}" '
+        f'data-attempt="{max(rec.attempts, 1)}" data-step="{_e(rec.step_id)}" data-row-number="{rec.row_number}" '
+        f'data-row-key="{_e(rec.row_key or "")}" data-verdict="{v}" data-orig-verdict="{v}" '
+        f'data-orig-note="{_e(note)}">'
+        f'<button type="button" class="va" aria-pressed="{str(v == "approved").lower()}" title="Approve" '
+        'aria-label="Approve">✓</button>'
+        f'<button type="button" class="vr" aria-pressed="{str(v == "rejected").lower()}" title="Reject" '
+        'aria-label="Reject">✕</button>'
+        f'<input class="vnote" type="text" maxlength="2000" placeholder="note (optional)" '
+        f'aria-label="note" value="{_e(note)}"{"" if v else " hidden"}></div>'
+    )
+
+
+def _attempt_strip(g: _Gallery, rec: RunRecord, current: Sequence[_Image], past: Sequence[PastAttempt]) -> str:
+    """The run's attempts side by side, newest first: the current one, then each earlier one with its verdict."""
+    verdicts = g.data.verdicts
+    figures = []
+    # (attempt, images, what the caption says, css class)
+    entries: list[tuple[int, Sequence[_Image], str, str]] = [(max(rec.attempts, 1), current, "now", "cur")]
+    for p in sorted(past, key=lambda a: a.attempt, reverse=True):
+        media = _media(g, rec.step_id, p.outputs, p.downloads)
+        v = verdicts.get((rec.identity, p.attempt))
+        word, kind = (v.verdict, v.verdict) if v else (STATE_LABELS[p.state], p.state.value)
+        entries.append((p.attempt, media.images, word, f"a-{kind}"))
+    for attempt, images, word, kind in entries:
+        inner = (
+            f'<img loading="lazy" decoding="async" src="{_e(images[0].src)}" alt="attempt {attempt}">'
+            if images
+            else '<i class="noimg"></i>'
+        )
+        figures.append(f'<figure class="att {kind}">{inner}<figcaption>#{attempt} · {_e(word)}</figcaption></figure>')
+    return f'<div class="atts" aria-label="attempts, newest first">{"".join(figures)}</div>'
+
+
+def _step_html(g: _Gallery, rec: RunRecord, media: _Media) -> str:
+    title = " · ".join(
+        x
+        for x in (
+            f"app {rec.app_id}",
+            f"run {rec.remote_id}" if rec.remote_id else "",
+            f"attempts {rec.attempts}",
+            f"finished {rec.finished_at}" if rec.finished_at else "",
+        )
+        if x
+    )
+    parts = [
+        f'<div class="step"><span class="step-id">{_e(rec.step_id)}</span>'
+        f'<span class="badge s-{rec.state.value}" title="{_e(title)}">{_e(STATE_LABELS[rec.state])}</span>'
+    ]
+    parts += [f'<a class="file" href="{_e(href)}">{_e(label)}</a>' for href, label in media.links]
+    if rec.state is RunState.COMPLETED:
+        verdict = g.data.verdicts.get((rec.identity, max(rec.attempts, 1)))
+        if verdict is not None:
+            g.verdict_counts[verdict.verdict] = g.verdict_counts.get(verdict.verdict, 0) + 1
+        parts.append(_verdict_box(rec, verdict))
+    parts.append("</div>")
+    past = g.data.history.get(rec.identity, ())
+    if past:
+        parts.append(_attempt_strip(g, rec, media.images, past))
+    err = error_text(rec)
+    if err:
+        parts.append(f'<p class="err" title="{_e(_cap(err, _HOVER_CAP))}">{_e(_cap(err, _TEXT_CAP))}</p>')
+    for label, text in media.texts:
+        parts.append(
+            f'<p class="out" title="{_e(_cap(text, _HOVER_CAP))}"><span class="lbl">{_e(label)}</span> '
+            f"{_e(_cap(text, _TEXT_CAP))}</p>"
+        )
+    return "".join(parts)
+
+
+def _fields(pairs: Iterable[tuple[str, str]]) -> str:
+    return "".join(
+        f'<dt title="{_e(k)}">{_e(k)}</dt><dd title="{_e(_cap(v, _HOVER_CAP))}">{_e(_cap(v, _VALUE_CAP))}</dd>'
+        for k, v in pairs
+    )
+
+
+def _row_html(view: RowView) -> str:
+    shown = f'<dl class="kv">{_fields(view.shown)}</dl>' if view.shown else ""
+    if not view.rest:
+        return shown
+    n = len(view.rest)
+    return (
+        f'{shown}<details class="more"><summary>{n} more column{"s" if n != 1 else ""}</summary>'
+        f'<dl class="kv">{_fields(view.rest)}</dl></details>'
+    )
+
+
+def _card(g: _Gallery, runs: Sequence[RunRecord]) -> str:
+    data = g.data
     first = runs[0]
     by_step = latest_per_step(runs)
-    ordered = [by_step[s] for s in step_ids if s in by_step]
-    ordered += [r for s, r in by_step.items() if s not in step_ids]
+    ordered = [by_step[s] for s in data.step_ids if s in by_step]
+    ordered += [r for s, r in by_step.items() if s not in data.step_ids]
     states = {r.state for r in ordered}
     worst = next((s for s in _SEVERITY if s in states), RunState.PENDING)
-
-    images: list[tuple[str, str]] = []
-    step_html: list[str] = []
+    images: list[_Image] = []
+    steps: list[str] = []
     for rec in ordered:
-        media = _media(rec, base_dir, report_dir)
+        g.counts[rec.state] = g.counts.get(rec.state, 0) + 1
+        media = _media(g, rec.step_id, rec.outputs, rec.downloads)
         images += media.images
-        title = " · ".join(
-            x
-            for x in (
-                f"app {rec.app_id}",
-                f"run {rec.remote_id}" if rec.remote_id else "",
-                f"attempts {rec.attempts}",
-                f"finished {rec.finished_at}" if rec.finished_at else "",
-            )
-            if x
-        )
-        parts = [
-            f'<div class="step"><span class="step-id">{_e(rec.step_id)}</span>'
-            f'<span class="badge s-{rec.state.value}" title="{_e(title)}">{_e(STATE_LABELS[rec.state])}</span>'
-        ]
-        for href, caption in media.links:
-            parts.append(f'<a class="file" href="{_e(href)}">{_e(caption.split(" · ", 1)[-1])}</a>')
-        parts.append("</div>")
-        err = error_text(rec)
-        if err:
-            parts.append(f'<p class="err">{_e(_cap(err, _TEXT_CAP))}</p>')
-        for label, text in media.texts:
-            parts.append(f'<p class="out"><span class="lbl">{_e(label)}</span> {_e(_cap(text, _TEXT_CAP))}</p>')
-        step_html.append("".join(parts))
-
-    if images:
-        thumbs = "".join(
-            f'<a class="thumb" href="{_e(href)}" target="_blank" rel="noopener" title="{_e(caption)}">'
-            f'<img loading="lazy" decoding="async" src="{_e(href)}" alt="{_e(caption)}" '
-            f'onload="this.dataset.loaded=1" onerror="this.dataset.loaded=0;this.parentNode.classList.add(\'broken\')">'
-            f"<span>{_e(caption.split(' · ', 1)[0])}</span></a>"
-            for href, caption in images
-        )
-        media_html = f'<div class="thumbs n{min(len(images), 4)}">{thumbs}</div>'
-    else:
-        media_html = f'<div class="thumbs none"><span>no image · {_e(STATE_LABELS[worst])}</span></div>'
-
-    row_values = "".join(f"<dt>{_e(k)}</dt><dd>{_e(_cap(v, _ROW_VALUE_CAP))}</dd>" for k, v in first.row.items())
-    search_text = " ".join([row_label(first), *first.row.values(), *first.axes.values()]).lower()
+        steps.append(_step_html(g, rec, media))
+    view = row_view(
+        first.row,
+        row_number=first.row_number,
+        key=first.row_key,
+        key_column=data.key_column,
+        columns=data.columns,
+        template_columns=data.template_columns,
+    )
+    search = " ".join([view.title, *first.row.values(), *first.axes.values()]).lower()
     axes = axes_label(first.axes)
+    axes_html = f' <span class="axes" title="{_e(axes)}">{_e(axes)}</span>' if axes else ""
     return (
         f'<article class="card w-{worst.value}" data-states="{_e(" ".join(sorted(s.value for s in states)))}" '
-        f'data-text="{_e(_cap(search_text, 2000))}">'
-        f"{media_html}"
-        f'<div class="body"><h2><span class="rn">#{first.row_number}</span> {_e(row_label(first))}'
-        f"{f' <span class=axes>{_e(axes)}</span>' if axes else ''}</h2>"
-        f'<div class="steps">{"".join(step_html)}</div>'
-        f'<dl class="row">{row_values}</dl></div></article>\n'
+        f'data-text="{_e(_cap(search, 2000))}">{_thumbs(images, worst)}'
+        f'<div class="body"><h2><span class="rn">#{first.row_number}</span> '
+        f'<span class="ttl" title="{_e(_cap(view.title, _HOVER_CAP))}">{_e(_cap(view.title, _VALUE_CAP))}</span>'
+        f'{axes_html}</h2><div class="steps">{"".join(steps)}</div>{_row_html(view)}</div></article>\n'
     )
 
 
 def write_html(data: ReportInput, out: Path) -> None:
     """Write the gallery. Cards stream into a spool first because the counts on top need every run."""
-    report_dir = out.resolve().parent
-    base_dir = data.base_dir.resolve()
-    counts: dict[RunState, int] = {}
+    g = _Gallery(data, out.resolve().parent, data.files_dir.resolve())
     items = 0
     with tempfile.SpooledTemporaryFile(_SPOOL_BYTES, mode="w+", encoding="utf-8") as body:
         for runs in iter_items(data.records):
             items += 1
-            for rec in latest_per_step(runs).values():
-                counts[rec.state] = counts.get(rec.state, 0) + 1
-            body.write(_card(runs, data.step_ids, base_dir, report_dir))
+            body.write(_card(g, runs))
         with atomic_text_writer(out, newline="\n") as fh:
-            _write_page(fh, data, counts, items, body)
+            _write_page(fh, g, items, body)
 
 
-def _write_page(fh: IO[str], data: ReportInput, counts: dict[RunState, int], items: int, body: IO[str]) -> None:
+def _images_note(g: _Gallery) -> str:
+    """Where the page's images come from, so nobody moves a page that would lose them without knowing."""
+    notes = []
+    if g.local and not g.data.embed:
+        rel = os.path.relpath(g.files_dir, g.report_dir)
+        notes.append(
+            f'Images are links relative to this page, into <code title="{_e(g.files_dir)}">{_e(rel)}/</code>: '
+            "keep the page beside that folder, or write it with <code>--embed</code> to move or upload it."
+        )
+    elif g.embedded:
+        notes.append(f"{g.embedded} images are embedded: this page can be moved or uploaded as it is.")
+    if g.not_embedded:
+        notes.append(f"{g.not_embedded} images could not be embedded (missing, or over {EMBED_MAX_BYTES >> 20} MiB).")
+    if g.remote:
+        notes.append(f"{g.remote} images load from their remote URLs.")
+    return f'<p class="imgnote">{" ".join(notes)}</p>' if notes else ""
+
+
+def _write_page(fh: IO[str], g: _Gallery, items: int, body: IO[str]) -> None:
+    data, counts = g.data, g.counts
     runs = sum(counts.values())
     name = _e(data.pipeline_name)
     buttons = [f'<button class="on" data-filter="all">All <b>{items}</b></button>']
@@ -189,108 +359,26 @@ def _write_page(fh: IO[str], data: ReportInput, counts: dict[RunState, int], ite
     fh.write(
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{name} · lamina-batch gallery</title><style>{_CSS}</style></head>\n<body>\n"
+        f"<title>{name} · lamina-batch gallery</title><style>{GALLERY_CSS}</style></head>\n"
+        f'<body data-pipeline="{name}">\n'
         f'<header><div class="top"><div><p class="kicker">lamina-batch gallery</p><h1>{name}</h1>'
-        f'<p class="sub">{items} rows · {runs} runs · steps: {_e(", ".join(data.step_ids))}</p></div>'
+        f'<p class="sub">{items} rows · {runs} runs · steps: {_e(", ".join(data.step_ids))}</p>'
+        f"{_images_note(g)}</div>"
         f'<div class="score"><b>{pct}</b><span>completed</span></div></div>'
-        f'<nav>{"".join(buttons)}<input type="search" id="q" placeholder="Search rows…" '
-        'aria-label="Search rows"></nav></header>\n<main id="grid">\n'
+        f'<nav>{"".join(buttons)}<select id="vf" aria-label="Filter by verdict">'
+        '<option value="">Any verdict</option><option value="unreviewed">Unreviewed</option>'
+        f'<option value="approved">Approved ({g.verdict_counts.get("approved", 0)})</option>'
+        f'<option value="rejected">Rejected ({g.verdict_counts.get("rejected", 0)})</option></select>'
+        '<button type="button" id="export" class="export" disabled>Export verdicts <b>0</b></button>'
+        '<input type="search" id="q" placeholder="Search rows…" aria-label="Search rows"></nav></header>\n'
+        '<main id="grid">\n'
     )
     body.seek(0)
     shutil.copyfileobj(body, fh)
     empty = '<p class="empty">No runs in this manifest yet.</p>' if items == 0 else ""
     fh.write(
         f'</main>{empty}<p class="empty" id="none" hidden>No rows match.</p>\n'
-        f"<footer>Generated by lamina-batch from the run manifest.</footer>\n<script>{_JS}</script>\n"
-        "</body></html>\n"
+        "<footer>Generated by lamina-batch from the run manifest. Approve or reject images here, then "
+        "<b>Export verdicts</b> and record them with <code>lamina-batch review PIPELINE --import verdicts.json"
+        f"</code>.</footer>\n<script>{GALLERY_JS}</script>\n</body></html>\n"
     )
-
-
-_CSS = """
-:root{--bg:#f4f5f7;--card:#fff;--ink:#1b1f24;--muted:#667085;--line:#e4e7ec;
---ok:#12b76a;--ok-bg:#e7f8ef;--ok-ink:#05603a;--bad:#f04438;--bad-bg:#fdecea;--bad-ink:#912018;
---to:#f79009;--to-bg:#fef4e6;--to-ink:#93370d;--cx:#98a2b3;--cx-bg:#f2f4f7;--cx-ink:#344054;
---un:#9e77ed;--un-bg:#f4f0ff;--un-ink:#53389e;--run:#2e90fa;--run-bg:#eaf3ff;--run-ink:#1849a9;
---pe:#94a3b8;--pe-bg:#f1f5f9;--pe-ink:#334155}
-*{box-sizing:border-box}
-body{margin:0;background:var(--bg);color:var(--ink);
-font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
-header{position:sticky;top:0;z-index:5;background:rgba(255,255,255,.94);backdrop-filter:blur(6px);
-border-bottom:1px solid var(--line);padding:18px 28px 14px}
-.top{display:flex;justify-content:space-between;align-items:flex-end;gap:16px}
-.kicker{margin:0;font-size:11px;letter-spacing:.08em;text-transform:uppercase;color:var(--muted);font-weight:600}
-h1{margin:2px 0 2px;font-size:24px;letter-spacing:-.01em}
-.sub{margin:0;color:var(--muted)}
-.score{text-align:right}.score b{display:block;font-size:28px;line-height:1;color:var(--ok-ink)}
-.score span{font-size:12px;color:var(--muted)}
-nav{display:flex;flex-wrap:wrap;gap:8px;margin-top:14px;align-items:center}
-nav button{font:inherit;font-size:13px;border:1px solid var(--line);background:#fff;border-radius:999px;
-padding:5px 12px;cursor:pointer;color:var(--ink);display:inline-flex;align-items:center;gap:6px}
-nav button b{font-weight:600;color:var(--muted)}
-nav button i{width:8px;height:8px;border-radius:50%;background:var(--pe)}
-nav button:hover{border-color:#c3c9d3}
-nav button.on{background:var(--ink);color:#fff;border-color:var(--ink)}nav button.on b{color:#d0d5dd}
-#q{margin-left:auto;font:inherit;padding:6px 12px;border:1px solid var(--line);border-radius:8px;min-width:220px}
-main{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:18px;padding:22px 28px}
-.card{background:var(--card);border-radius:12px;overflow:hidden;border:1px solid var(--line);
-box-shadow:0 1px 2px rgba(16,24,40,.05);display:flex;flex-direction:column;border-top:3px solid var(--pe)}
-.card:hover{box-shadow:0 6px 18px rgba(16,24,40,.10)}
-.thumbs{display:grid;gap:2px;background:var(--line);aspect-ratio:4/3}
-.thumbs.n2,.thumbs.n4{grid-template-columns:1fr 1fr}.thumbs.n3{grid-template-columns:1fr 1fr 1fr}
-.thumbs.n4{grid-template-rows:1fr 1fr}
-.thumb{position:relative;display:block;background:#eef0f3;overflow:hidden;min-height:0}
-.thumb img{width:100%;height:100%;object-fit:cover;display:block}
-.thumb span{position:absolute;left:6px;bottom:6px;background:rgba(16,24,40,.62);color:#fff;font-size:11px;
-padding:1px 7px;border-radius:999px;max-width:calc(100% - 12px);overflow:hidden;text-overflow:ellipsis;
-white-space:nowrap}
-.thumb.broken img{visibility:hidden}.thumb.broken::after{content:"image unavailable";position:absolute;
-inset:0;display:grid;place-items:center;color:var(--muted);font-size:12px}
-.thumbs.none{display:grid;place-items:center;color:var(--muted);font-size:13px;
-background:repeating-linear-gradient(45deg,#f6f7f9,#f6f7f9 10px,#eff1f4 10px,#eff1f4 20px)}
-.body{padding:12px 14px 14px}
-h2{margin:0 0 8px;font-size:15px;overflow-wrap:anywhere}
-.rn{color:var(--muted);font-weight:500;font-size:12px}.axes{font-weight:500;color:var(--muted);font-size:12px}
-.step{display:flex;align-items:center;gap:8px;margin:4px 0;flex-wrap:wrap}
-.step-id{font:12px ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;color:#475467;min-width:56px}
-.badge{font-size:11.5px;font-weight:600;padding:1px 9px;border-radius:999px;background:var(--pe-bg);color:var(--pe-ink)}
-.file{font-size:12px}
-.err{margin:4px 0 6px;padding:6px 9px;border-radius:6px;background:var(--bad-bg);color:var(--bad-ink);
-font-size:12.5px;overflow-wrap:anywhere;white-space:pre-wrap}
-.out{margin:4px 0;font-size:12.5px;overflow-wrap:anywhere;color:#344054}.lbl{color:var(--muted)}
-dl.row{display:grid;grid-template-columns:auto 1fr;gap:2px 10px;margin:10px 0 0;padding-top:10px;
-border-top:1px dashed var(--line);font-size:12.5px}
-dl.row dt{color:var(--muted)}dl.row dd{margin:0;overflow-wrap:anywhere}
-.empty{text-align:center;color:var(--muted);padding:40px}
-footer{color:var(--muted);font-size:12px;text-align:center;padding:8px 0 28px}
-.s-completed{background:var(--ok-bg);color:var(--ok-ink)}.f-completed i{background:var(--ok)}
-.s-failed{background:var(--bad-bg);color:var(--bad-ink)}.f-failed i{background:var(--bad)}
-.s-timed_out{background:var(--to-bg);color:var(--to-ink)}.f-timed_out i{background:var(--to)}
-.s-cancelled{background:var(--cx-bg);color:var(--cx-ink)}.f-cancelled i{background:var(--cx)}
-.s-unknown{background:var(--un-bg);color:var(--un-ink)}.f-unknown i{background:var(--un)}
-.s-running,.s-submitting{background:var(--run-bg);color:var(--run-ink)}
-.f-running i,.f-submitting i{background:var(--run)}
-.card.w-completed{border-top-color:var(--ok)}.card.w-failed{border-top-color:var(--bad)}
-.card.w-timed_out{border-top-color:var(--to)}.card.w-cancelled{border-top-color:var(--cx)}
-.card.w-unknown{border-top-color:var(--un)}.card.w-running,.card.w-submitting{border-top-color:var(--run)}
-.card[hidden]{display:none}
-@media (max-width:600px){header,main{padding-left:12px;padding-right:12px}#q{min-width:0;width:100%}}
-"""
-
-_JS = """
-(function(){
-var state="all",q=document.getElementById("q"),cards=document.querySelectorAll(".card"),
-none=document.getElementById("none");
-function apply(){var t=q.value.trim().toLowerCase(),shown=0;
-for(var i=0;i<cards.length;i++){var c=cards[i];
-var ok=(state==="all"||c.getAttribute("data-states").split(" ").indexOf(state)>=0)&&
-(!t||c.getAttribute("data-text").indexOf(t)>=0);c.hidden=!ok;if(ok)shown++;}
-none.hidden=shown>0||cards.length===0;}
-document.querySelectorAll("nav button").forEach(function(b){b.addEventListener("click",function(){
-document.querySelectorAll("nav button").forEach(function(x){x.classList.remove("on");});
-b.classList.add("on");state=b.getAttribute("data-filter");apply();
-if(history.replaceState)history.replaceState(null,"",state==="all"?location.pathname:"#"+state);});});
-q.addEventListener("input",apply);
-var pre=document.querySelector('nav button[data-filter="'+location.hash.slice(1).replace(/[^a-z_]/g,"")+'"]');
-if(pre)pre.click();
-})();
-"""
