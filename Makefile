@@ -14,7 +14,7 @@ types:
 	$(PY) -m mypy
 
 test:
-	$(PY) -m pytest --cov=lamina_batch --cov-branch --cov-report=term:skip-covered -q
+	$(PY) -m pytest -n 4 --cov=lamina_batch --cov-branch --cov-report=term:skip-covered -q
 
 bench-smoke:
 	$(PY) benchmarks/run.py --smoke
