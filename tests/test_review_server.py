@@ -124,7 +124,7 @@ def test_files_are_served_safely(server: ReviewThread, batch: tuple[Path, Path])
         assert c.delete("/").status_code == 405
 
 
-@pytest.mark.xfail(reason="TODO(lead): the redo move completed -> submitting lands with issue 17's backend", strict=True)
+@pytest.mark.xfail(reason="the redo move (completed -> submitting) lands with issue 17's backend", strict=True)
 def test_earlier_attempts_are_listed_newest_first_and_served(batch: tuple[Path, Path]) -> None:
     """With a history source, a run's earlier attempts come with their images (served from where they were
     kept) and their verdicts, newest first; the current attempt is unreviewed again."""
