@@ -239,6 +239,7 @@ def test_a_dead_login_exits_2_before_any_start(make_emulator: MakeEmu, tmp_path:
     res = run_cli(pipeline, login_env(home))
     assert res.returncode == 2, res.stderr
     assert "run `lamina login` again (or set LAMINA_API_KEY)" in res.stderr
+    assert "check LAMINA_API_KEY" not in res.stderr  # its own advice, not a rejected key's
     assert len(res.stderr.strip().splitlines()) == 1
     assert "Traceback" not in res.stderr
     assert emu.stats.starts == 0
