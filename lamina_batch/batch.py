@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .executor import ExecOptions, Executor
     from .manifest import Manifest
     from .matrix import InputDigest
+    from .reports import ReportInput
 
 __all__ = ["BatchOptions", "BatchResult", "EventHandler", "run_batch", "run_batch_async", "write_reports"]
 
@@ -134,12 +135,26 @@ def write_reports(
             records=manifest.iter_runs(),
             base_dir=base_dir,
         )
+        data = _with_card_fields(data, pipeline)
         write_report(fmt, data, path)
         emit(ReportWritten(fmt, path))
         if fmt == "markdown" and os.environ.get("GITHUB_STEP_SUMMARY"):
             append_github_summary(render_markdown(dataclasses.replace(data, records=manifest.iter_runs())), os.environ)
         written.append((fmt, path))
     return tuple(written)
+
+
+def _with_card_fields(data: ReportInput, pipeline: Pipeline) -> ReportInput:
+    """What a gallery card shows of its row: titled by the key, else the first column a template uses; the
+    spec's `report.columns`, else the template columns; the rest behind the toggle (reports/fields.py)."""
+    from .reports.fields import template_columns
+
+    return dataclasses.replace(
+        data,
+        columns=pipeline.report.columns,
+        template_columns=template_columns(pipeline),
+        key_column=pipeline.matrix.key,
+    )
 
 
 # --------------------------------------------------------------------------- the steps of one batch

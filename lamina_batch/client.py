@@ -1,6 +1,6 @@
 """LaminaClient: the Lamina HTTP API in both dialects (runs / executions) over one raw transport (transport.py),
-with one shared rate limiter and retries by phase (idempotent calls retry; a sent start never does). Replies are
-read and errors mapped by wire.py."""
+with one shared rate limiter, retries by phase (idempotent calls retry; a sent start never does) and the
+credentials' 401 rule (one resend with a refreshed token). Replies are read and errors mapped by wire.py."""
 
 from __future__ import annotations
 
@@ -19,11 +19,13 @@ import httpx
 
 from lamina_batch import wire
 from lamina_batch.crash import crashpoint
+from lamina_batch.credentials.base import CredentialSource, StaticKeySource
 from lamina_batch.errors import (
     ApiError,
     ConfigError,
     ConnectError,
     ConnectionLostError,
+    LoginRefreshError,
     MissingApiKeyError,
     Problem,
     RateLimitedError,
@@ -122,6 +124,13 @@ def _seg(value: str) -> str:
 class LaminaClient:
     """Async client for one Lamina account. Use as `async with LaminaClient(...) as client:`.
 
+    `credentials` is a key (kept as a `StaticKeySource`) or any `CredentialSource` (credentials/: the
+    environment's key, a stored login, an OAuth login kept fresh). Each request asks it for its `Authorization`
+    header inside its limiter slot, right before it is sent; a 401 to a header the source has since replaced
+    (`unauthorized`) is sent once more with the new one, and a second 401 is fatal (AuthError). A start answered
+    401 created nothing, so that resend is no duplicate (DESIGN.md §8, "Credentials"). The client closes the
+    source with itself.
+
     The key lives only inside the `Authorization` header bytes; no attribute, repr, log line or exception of
     ours carries it. Every request goes through one raw-transport call (transport.RawTransport.send: method,
     target, path, headers and body in; status, headers and body out): H11Transport by default, and any other
@@ -135,7 +144,7 @@ class LaminaClient:
     def __init__(
         self,
         base_url: str,
-        api_key: str,
+        credentials: str | CredentialSource,
         dialect: Dialect = "runs",
         rate: Rate = DEFAULT_RATE,
         transport: httpx.AsyncBaseTransport | None = None,
@@ -154,7 +163,11 @@ class LaminaClient:
         if dialect not in _PATHS:
             raise ConfigError(Problem(f"unknown api dialect {dialect!r}", hint="use 'runs' or 'executions'"))
         url = _base_url(base_url)
-        _check_key(api_key)
+        if isinstance(credentials, str):
+            _check_key(credentials)
+            credentials = StaticKeySource(credentials, base_url, source="environment", base_url_from="LAMINA_BASE_URL")
+        self._credentials: CredentialSource = credentials
+        self._authorization: tuple[str, bytes] = ("", b"")  # the last header value and its bytes
         self.base_url = base_url.strip().rstrip("/")
         self._shown_url = wire.mask_url(self.base_url)
         self.dialect: Dialect = dialect
@@ -164,9 +177,7 @@ class LaminaClient:
         self._limiter = limiter or RateLimiter(rate, hard_cap=rate_cap, clock=clock, sleep=sleep)
         self._budget = budget or RetryBudget(clock=clock)
         self._retrier = Retrier(retry_policy, budget=self._budget, clock=clock, sleep=sleep, rng=rng)
-        self._key_text = api_key  # only for scrubbing server-echoed text; never rendered (see __repr__)
-        self._headers: list[tuple[bytes, bytes]] = [
-            (b"Authorization", f"Bearer {api_key}".encode("ascii")),
+        self._headers: list[tuple[bytes, bytes]] = [  # Authorization is added per request
             (b"Accept", b"application/json"),
             (b"User-Agent", b"lamina-batch/0.1"),
         ]
@@ -215,7 +226,14 @@ class LaminaClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._raw.aclose()
+        try:
+            await self._raw.aclose()
+        finally:
+            await self._credentials.aclose()
+
+    @property
+    def credentials(self) -> CredentialSource:
+        return self._credentials
 
     @property
     def limiter(self) -> RateLimiter:
@@ -410,9 +428,34 @@ class LaminaClient:
         hold: float,
         after_send: AfterSend | None,
     ) -> T:
+        method, path = request[0], request[1]
+        status, reply_headers, body, presented = await self._exchange(request, read_timeout, hold, after_send)
+        if status == 401 and await self._credentials.unauthorized(presented):
+            # The token this request carried was refused and a newer one is in use now: send it once more. A start
+            # answered 401 created nothing, so this resend is no duplicate; a second 401 is fatal below.
+            status, reply_headers, body, _ = await self._exchange(request, read_timeout, hold, after_send)
+        if not 200 <= status < 300:
+            error = wire.error_from_reply(status, reply_headers, body, method=method, path=path, scrub=self._scrub)
+            if isinstance(error, RateLimitedError):
+                self.stats.rate_limited += 1
+                pause = error.retry_after
+                self._limiter.pause(pause if pause is not None else DEFAULT_429_PAUSE)
+            raise error
+        return wire.parse_reply(status, reply_headers, body, parse, method=method, path=path)
+
+    async def _exchange(
+        self,
+        request: tuple[str, str, bytes, list[tuple[bytes, bytes]], bytes],
+        read_timeout: float | None,
+        hold: float,
+        after_send: AfterSend | None,
+    ) -> tuple[int, dict[str, str], bytes, str]:
+        """One request on the wire: (status, reply headers, body, the Authorization value it carried)."""
         method, path, target, headers, content = request
         timeouts = self._timeouts if read_timeout is None else {**self._timeouts, "read": read_timeout}
         async with self._limiter.slot(long_poll=hold > 0) as grant:
+            # asked for inside the slot, right before the send: an OAuth login due for a refresh is refreshed here
+            presented = await self._credentials.authorization()
             self.stats.requests += 1
             self._budget.record_request()
             try:
@@ -420,7 +463,7 @@ class LaminaClient:
                     method.encode("ascii"),
                     self._target,
                     target,
-                    list(headers),
+                    [(b"Authorization", self._header_bytes(presented)), *headers],
                     content,
                     timeouts,
                     deadline=self._reply_deadline + hold,
@@ -433,18 +476,16 @@ class LaminaClient:
                 ) from exc
         reply_headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw_headers}
         self._limiter.observe(reply_headers, grant)
-        if not 200 <= status < 300:
-            error = wire.error_from_reply(status, reply_headers, body, method=method, path=path, scrub=self._scrub)
-            if isinstance(error, RateLimitedError):
-                self.stats.rate_limited += 1
-                pause = error.retry_after
-                self._limiter.pause(pause if pause is not None else DEFAULT_429_PAUSE)
-            raise error
-        return wire.parse_reply(status, reply_headers, body, parse, method=method, path=path)
+        return status, reply_headers, body, presented
+
+    def _header_bytes(self, value: str) -> bytes:
+        # encoded once per token, not once per request
+        if self._authorization[0] != value:
+            self._authorization = (value, value.encode("ascii"))
+        return self._authorization[1]
 
     def _scrub(self, text: str) -> str:
-        if self._key_text:
-            text = text.replace(self._key_text, "***")
+        text = self._credentials.scrub(text)
         return text.replace(self.base_url, self._shown_url) if self._shown_url != self.base_url else text
 
 
@@ -458,8 +499,9 @@ def _start_sent() -> None:
 
 def _outcome_unknown(exc: ApiError) -> bool:
     """A start that failed this way may have created a run: everything after the request went out, except a
-    4xx refusal (other than 408). Connect errors and 429 are retried; TLS and send failures sent nothing."""
-    if isinstance(exc, ConnectError | RateLimitedError):
+    4xx refusal (other than 408). Connect errors and 429 are retried; TLS and send failures sent nothing. A login
+    that could not be refreshed is no answer to the start (which was refused 401 or never sent): nothing was created."""
+    if isinstance(exc, ConnectError | RateLimitedError | LoginRefreshError):
         return False
     if isinstance(exc, TransientError):
         return True

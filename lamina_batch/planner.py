@@ -5,6 +5,8 @@ and failures (`status`), and `cancel` of running runs.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from .errors import ApiError
 from .lifecycle import COMPLETE, Action, Choices, Decision, Upstream, decide
 from .matrix import expand_runs
 from .models import ItemPlan, PlannedRun, RunRecord, RunState
+from .params import normalise, respelled_inputs
 
 if TYPE_CHECKING:
     from .client import LaminaClient
@@ -53,6 +56,8 @@ _CATEGORY = {
     Action.WAIT_FOR_UPSTREAM: "waiting",
     Action.SKIP_UPSTREAM_FAILED: "waiting",
 }
+# The reason of a run that is new only because its inputs are spelled differently (`Prompt` -> `prompt`).
+RENAMED = "inputs renamed"
 # Categories whose reasons the plan counts and shows under "why".
 _EXPLAINED = frozenset({"new", "retry", "running", "waiting"})
 
@@ -182,6 +187,13 @@ class PlanReport:
                 f"{waiting} runs are waiting for upstream: they start once their upstream run completes "
                 "(until then they count as failed)"
             )
+        renamed = sum(n for reason, n in self.reasons.items() if reason.startswith(RENAMED))
+        if renamed:
+            lines.append(
+                f"{renamed} runs would start again only because inputs were renamed (same parameters, same values): "
+                "Lamina takes either spelling, but a run's identity is its inputs as written, so these would be paid "
+                "again; keep the old spelling to reuse them"
+            )
         if self.reasons:
             lines.append("why:")
             for reason, n in sorted(self.reasons.items(), key=lambda kv: (-kv[1], kv[0])):
@@ -196,10 +208,10 @@ class PlanReport:
         return "\n".join(lines)
 
 
-def _row_slot(
-    step_id: str, row_key: str | None, axes: Mapping[str, str]
-) -> tuple[str, str, tuple[tuple[str, str], ...]]:
-    return step_id, row_key or "", tuple(sorted(axes.items()))
+def _row_slot(step_id: str, item_id: str) -> tuple[str, str]:
+    # An item's id is its key value (+ axes), else its row's values (+ axes, occurrence): stable when only the
+    # templates change, so a run with a new identity in a known slot was changed, not added.
+    return step_id, item_id
 
 
 def _batches(runs: Iterable[PlannedRun], size: int) -> Iterator[list[PlannedRun]]:
@@ -266,7 +278,7 @@ def plan_against_manifest(
     reasons: Counter[str] = Counter()
     entries: list[PlanEntry] = []
     planned: set[str] = set()
-    previous = _previous_slots(pipeline, manifest)
+    previous = _previous_slots(manifest)
     for batch in _item_batches(pipeline, shard, _BATCH):
         ids = (r.identity for plan in batch for r in plan.runs)
         found = manifest.get_many(ids) if manifest is not None else {}
@@ -298,16 +310,38 @@ def plan_against_manifest(
     )
 
 
-def _previous_slots(
-    pipeline: Pipeline, manifest: Manifest | None
-) -> dict[tuple[str, str, tuple[tuple[str, str], ...]], RunRecord]:
-    """With a row key, a run whose identity is new but whose (step, key, axes) was run before was *changed*."""
-    previous: dict[tuple[str, str, tuple[tuple[str, str], ...]], RunRecord] = {}
-    if manifest is not None and pipeline.matrix.key is not None:
-        for rec in manifest.iter_runs():
-            if rec.row_key is not None:
-                previous[_row_slot(rec.step_id, rec.row_key, rec.axes)] = _slim(rec)
+@dataclass(frozen=True)
+class _Before:
+    """What `plan` keeps of a manifest run to say why its row would run again: its identity and upstream, the
+    input names as written and a digest of the inputs with spelling set aside (not the inputs: 100k rows)."""
+
+    identity: str
+    needs: Mapping[str, str]
+    names: tuple[str, ...]
+    spelling_free: bytes | None
+
+
+def _previous_slots(manifest: Manifest | None) -> dict[tuple[str, str], _Before]:
+    """A run whose identity is new but whose (step, item) was run before was *changed*."""
+    previous: dict[tuple[str, str], _Before] = {}
+    if manifest is None:
+        return previous
+    names: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per spelling, shared by every record
+    for rec in manifest.iter_runs():
+        spelled = tuple(rec.inputs)
+        before = _Before(rec.identity, dict(rec.needs), names.setdefault(spelled, spelled), _spelling_free(rec.inputs))
+        previous[_row_slot(rec.step_id, rec.item_id)] = before
     return previous
+
+
+def _spelling_free(inputs: Mapping[str, Any]) -> bytes | None:
+    """A digest of `inputs` keyed by their names with case, spaces and punctuation ignored (params.normalise), so
+    `Prompt` and `prompt` (or `Aspect Ratio` and `aspect_ratio`) meet; None when two names would."""
+    folded = {normalise(name): value for name, value in inputs.items()}
+    if len(folded) != len(inputs):
+        return None
+    text = json.dumps(folded, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
 
 
 def _entry(run: PlannedRun, known: RunRecord | None, category: str, reason: str, action: Action) -> PlanEntry:
@@ -344,34 +378,28 @@ def _orphans(
     return orphans
 
 
-def _slim(rec: RunRecord) -> RunRecord:
-    # Only identity and needs matter for "why"; drop the heavy fields so 100k rows stay small.
-    return RunRecord(
-        identity=rec.identity,
-        step_id=rec.step_id,
-        app_id=rec.app_id,
-        row_number=rec.row_number,
-        row_key=rec.row_key,
-        item_id=rec.item_id,
-        row={},
-        axes={},
-        inputs={},
-        output_labels=None,
-        needs=dict(rec.needs),
-        state=rec.state,
-    )
-
-
-def _why_new(run: PlannedRun, previous: Mapping[tuple[str, str, tuple[tuple[str, str], ...]], RunRecord]) -> str:
-    if run.item.key is None or not previous:
-        return "new row"
-    old = previous.get(_row_slot(run.step_id, run.item.key, run.item.axes))
+def _why_new(run: PlannedRun, previous: Mapping[tuple[str, str], _Before]) -> str:
+    old = previous.get(_row_slot(run.step_id, run.item.item_id)) if previous else None
     if old is None or old.identity == run.identity:
         return "new row"
     if dict(old.needs) != dict(run.needs):
         changed = sorted(s for s in run.needs if old.needs.get(s) != run.needs[s])
         return f"upstream changed ({', '.join(changed) or 'needs'})"
+    renamed = _renamed(old, run.inputs)
+    if renamed:
+        return f"{RENAMED} ({', '.join(f'{a} -> {b}' for a, b in renamed)})"
     return "inputs changed since the last run of this row"
+
+
+def _renamed(old: _Before, inputs: Mapping[str, Any]) -> tuple[tuple[str, str], ...] | None:
+    """The (old, new) spellings when `inputs` are the old ones with only their names respelled (as
+    params.respelled_inputs judges it), else None."""
+    if old.spelling_free is None or old.spelling_free != _spelling_free(inputs):
+        return None
+    # Equal digests: the old inputs are these values under the old names.
+    value_of = {normalise(name): value for name, value in inputs.items()}
+    before = {name: value_of[normalise(name)] for name in old.names}
+    return respelled_inputs(before, inputs)
 
 
 # --------------------------------------------------------------------------- status

@@ -1,33 +1,38 @@
-"""Where API requests go: a Lamina emulator started in-process, or the base URL and key of the environment; and
-the `LaminaClient` for it, sized for a pipeline's concurrency.
+"""Where API requests go and with which credentials: a Lamina emulator started in-process, or what
+`credentials.resolve_credentials` finds (LAMINA_API_KEY, else the login Lamina's own CLI keeps); and the
+`LaminaClient` for it, sized for a pipeline's concurrency. Every command that talks to the API comes through here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import MissingApiKeyError, Problem
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .client import LaminaClient
+    from .credentials import CredentialSource
     from .models import Dialect, Pipeline
 
-__all__ = ["DEFAULT_BASE_URL", "ApiTarget", "api_target", "make_client"]
+__all__ = ["DEFAULT_BASE_URL", "ApiTarget", "api_target", "make_client", "optional_api_target"]
 
 DEFAULT_BASE_URL = "https://app.uselamina.ai"
 
 
 @dataclass(frozen=True)
 class ApiTarget:
-    """A base URL and the key it accepts (never shown: the repr leaves the key out)."""
+    """The credentials to send (they carry the base URL) and whether they are the in-process emulator's. Neither
+    the repr nor any attribute shows a key or token."""
 
-    base_url: str
-    key: str
+    credentials: CredentialSource
     emulator: bool = False
+
+    @property
+    def base_url(self) -> str:
+        return self.credentials.base_url
 
     def __repr__(self) -> str:
         return f"ApiTarget(base_url={self.base_url!r}, emulator={self.emulator})"
@@ -35,21 +40,32 @@ class ApiTarget:
 
 @contextlib.contextmanager
 def api_target(emulator: bool) -> Iterator[ApiTarget]:
-    """The in-process emulator's target while the block runs, or the environment's (`LAMINA_API_KEY`,
-    `LAMINA_BASE_URL`); MissingApiKeyError when the key is unset, before any request."""
+    """The in-process emulator's target while the block runs, or the credentials found in the documented order
+    (DESIGN §3): LAMINA_API_KEY, else the stored login (`lamina login`); LAMINA_BASE_URL, else the stored login's
+    base URL (only with the stored login), else the default. Raises before any request: MissingApiKeyError (none:
+    one line naming both ways in), CredentialsFileError (the stored login's file is unreadable or malformed)."""
+    from .credentials import resolve_credentials
+
     if emulator:
         from .emulator import Emulator, EmulatorConfig
 
         # Lamina's real 100/min limit, but short runs: a first try should take seconds, not minutes.
         with Emulator(EmulatorConfig(duration=(1.0, 3.0), seed=0)) as emu:
-            yield ApiTarget(emu.base_url, emu.key, emulator=True)
+            yield ApiTarget(resolve_credentials(emulator=(emu.base_url, emu.key)), emulator=True)
         return
-    key = os.environ.get("LAMINA_API_KEY", "").strip()
-    if not key:
-        raise MissingApiKeyError(
-            Problem("LAMINA_API_KEY is not set: export your Lamina API key (lma_...), or add --emulator to try it free")
-        )
-    yield ApiTarget(os.environ.get("LAMINA_BASE_URL", DEFAULT_BASE_URL).rstrip("/"), key)
+    yield ApiTarget(resolve_credentials())
+
+
+@contextlib.contextmanager
+def optional_api_target(emulator: bool) -> Iterator[ApiTarget | None]:
+    """`api_target` for a command that only *may* send requests (`plan`'s credits): None instead of an error
+    when there are no usable credentials, so that what it would ask reads "unknown"."""
+    with contextlib.ExitStack() as stack:
+        try:
+            target: ApiTarget | None = stack.enter_context(api_target(emulator))
+        except ConfigError:
+            target = None
+        yield target
 
 
 def make_client(target: ApiTarget, dialect: Dialect, pipeline: Pipeline | None = None) -> LaminaClient:
@@ -57,12 +73,12 @@ def make_client(target: ApiTarget, dialect: Dialect, pipeline: Pipeline | None =
     from .client import LaminaClient
 
     if pipeline is None:
-        return LaminaClient(target.base_url, target.key, dialect=dialect)
+        return LaminaClient(target.base_url, target.credentials, dialect=dialect)
     # every run in flight holds a connection during /wait; leave room for starts and downloads
     connections = max(128, pipeline.run.concurrency + 16)
     return LaminaClient(
         target.base_url,
-        target.key,
+        target.credentials,
         dialect=dialect,
         rate=pipeline.run.rate_limit,
         rate_cap=pipeline.run.rate_limit_explicit,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +13,15 @@ from lamina_batch.emulator import Emulator, EmulatorConfig
 
 # Fast lifecycles and no rate limit unless a test asks: integration tests must stay quick.
 FAST_DEFAULTS: dict[str, Any] = {"rate_limit": None, "duration": (0.05, 0.2), "queued": 0.02, "seed": 1}
+
+
+@pytest.fixture(autouse=True)
+def private_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test (and every process it starts) gets a HOME of its own: a stored Lamina login of whoever runs the
+    tests (~/.lamina/config.json) is never read, and a test that writes one writes it here."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    return home
 
 
 @pytest.fixture

@@ -208,3 +208,33 @@ def test_batch_result_properties() -> None:
     assert clean.ok
     assert not BatchResult(**{**clean.__dict__, "download_failures": 1}).ok
     assert not BatchResult(**{**clean.__dict__, "stop_reason": StopReason.MAX_STARTS}).ok
+
+
+def test_run_batch_takes_the_stored_login_and_keeps_it_fresh(
+    make_emulator: Callable[..., Emulator], private_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The library follows the command's order: with no LAMINA_* set, the stored OAuth login (tokens living 1 s)
+    runs the batch, refreshed as it goes; a login whose refresh is refused raises LoginRefreshError before any
+    start."""
+    from login_helpers import write_document
+
+    from lamina_batch.emulator import OAuthConfig
+    from lamina_batch.errors import LoginRefreshError
+
+    monkeypatch.delenv("LAMINA_API_KEY", raising=False)
+    monkeypatch.delenv("LAMINA_BASE_URL", raising=False)
+    emu = make_emulator(oauth=OAuthConfig(access_ttl=1.0), duration=(0.5, 0.7))
+    write_document(private_home, emu.seed_login().login_document(emu.base_url))
+    result = run_batch(write_pipeline(tmp_path, 6, extra="  concurrency: 2"))
+    assert result.ok
+    assert emu.stats.oauth.refreshes >= 1
+    assert emu.stats.oauth.reused_refresh_tokens == 0
+
+    dead = emu.seed_login().login_document(emu.base_url)
+    dead["credentials"]["refreshToken"] = "lma_mcp_rt_never_issued"
+    write_document(private_home, dead)
+    emu.expire_tokens()
+    starts = emu.stats.starts
+    with pytest.raises(LoginRefreshError, match="run `lamina login` again"):
+        run_batch(write_pipeline(tmp_path, 7, extra="  concurrency: 2"))
+    assert emu.stats.starts == starts

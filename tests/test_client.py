@@ -17,6 +17,7 @@ from conftest import HostileServer
 from test_transport import Server, _self_signed, reply
 
 from lamina_batch.client import ConnectionLostError, LaminaClient, UnsupportedOperationError
+from lamina_batch.credentials import AuthStatus
 from lamina_batch.errors import (
     ApiError,
     AuthError,
@@ -26,6 +27,7 @@ from lamina_batch.errors import (
     ForbiddenError,
     InputValidationError,
     InsufficientCreditsError,
+    LoginRefreshError,
     MissingApiKeyError,
     NotFoundError,
     RateLimitedError,
@@ -631,6 +633,137 @@ def test_malformed_key_is_refused_without_echo() -> None:
     with pytest.raises(MissingApiKeyError) as info:
         LaminaClient(BASE, bad)
     assert bad not in str(info.value)
+
+
+# ---------------------------------------------------------------------------- credentials (the 401 rule)
+
+
+class FakeSource:
+    """A CredentialSource whose token is replaced after a 401 (or not, or not at all: `fail` raises instead)."""
+
+    base_url = BASE
+
+    def __init__(self, *, renews: bool = True, fail: Exception | None = None) -> None:
+        self.tokens = ["lma_mcp_at_one", "lma_mcp_at_two", "lma_mcp_at_three"]
+        self.current = 0
+        self.renews = renews
+        self.fail = fail
+        self.asked = 0
+        self.refused: list[str] = []
+        self.closed = False
+
+    async def authorization(self) -> str:
+        self.asked += 1
+        return f"Bearer {self.tokens[self.current]}"
+
+    async def unauthorized(self, presented: str) -> bool:
+        self.refused.append(presented)
+        if self.fail is not None:
+            raise self.fail
+        if self.renews and presented == f"Bearer {self.tokens[self.current]}":
+            self.current += 1
+        return self.renews
+
+    def describe(self) -> AuthStatus:
+        return AuthStatus(usable=True)
+
+    def scrub(self, text: str) -> str:
+        for token in self.tokens:
+            text = text.replace(token, "***")
+        return text
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+def with_source(recorder: Recorder, source: FakeSource) -> LaminaClient:
+    t = FakeTime()
+    transport = httpx.MockTransport(recorder)
+    return LaminaClient(BASE, source, "runs", Rate(1000, 1), transport, clock=t.clock, sleep=t.sleep)
+
+
+def refused() -> httpx.Response:
+    return httpx.Response(401, json={"error": "Access token expired", "code": "AUTH_INVALID_KEY"})
+
+
+def test_every_request_carries_the_header_the_source_gives_then() -> None:
+    """The Authorization header is asked of the source for each request, so a refreshed token is used at once;
+    the client closes the source with itself."""
+    source = FakeSource()
+    rec = Recorder(ok(APP))
+    client = with_source(rec, source)
+
+    async def two_calls(c: LaminaClient) -> None:
+        await c.get_app("app_1")
+        source.current = 1  # refreshed between requests (ahead of its expiry)
+        await c.get_app("app_1")
+
+    run(using(client, two_calls))
+    assert [r.headers["authorization"] for r in rec.requests] == ["Bearer lma_mcp_at_one", "Bearer lma_mcp_at_two"]
+    assert source.asked == 2
+    assert source.closed
+
+
+def test_a_401_is_resent_once_with_the_renewed_token() -> None:
+    """A 401 the source answers with a new token: the same request once more, with it."""
+    source = FakeSource()
+    rec = Recorder(refused(), ok(APP))
+    client = with_source(rec, source)
+    assert run(using(client, lambda c: c.get_app("app_1"))).app_id == "app_1"
+    assert [r.headers["authorization"] for r in rec.requests] == ["Bearer lma_mcp_at_one", "Bearer lma_mcp_at_two"]
+    assert source.refused == ["Bearer lma_mcp_at_one"]
+    assert client.stats.retries == 0
+
+
+def test_a_start_answered_401_is_resent_once_and_a_second_401_is_fatal() -> None:
+    """A start refused 401 created nothing: resent once with the new token (the same body), and a second 401 is
+    an AuthError after exactly two requests, never an unknown outcome."""
+    source = FakeSource()
+    rec = Recorder(refused(), ok({"runId": "r", "status": "queued"}, 202))
+    client = with_source(rec, source)
+    assert run(using(client, lambda c: c.start("app_1", {"prompt": "x"}))).run_id == "r"
+    assert [r.method for r in rec.requests] == ["POST", "POST"]
+    assert rec.requests[0].content == rec.requests[1].content
+
+    rec = Recorder(refused())
+    client = with_source(rec, FakeSource())
+    with pytest.raises(AuthError) as info:
+        run(using(client, lambda c: c.start("app_1", {"prompt": "x"})))
+    assert not isinstance(info.value, UnknownOutcomeError)
+    assert len(rec.requests) == 2
+    assert client.stats.unknown_outcomes == 0
+
+
+def test_a_401_the_source_cannot_renew_is_fatal_at_once() -> None:
+    """A static key (or a token no newer one replaced): the 401 is an AuthError, nothing is resent."""
+    rec = Recorder(refused())
+    client = with_source(rec, FakeSource(renews=False))
+    with pytest.raises(AuthError):
+        run(using(client, lambda c: c.get_run("r")))
+    assert len(rec.requests) == 1
+
+
+def test_a_login_that_cannot_be_refreshed_after_a_start_401_is_no_unknown_outcome() -> None:
+    """The refresh after a start's 401 fails (its server answered 503): LoginRefreshError as it is, not an
+    UnknownOutcomeError (the start was refused, so nothing needs reconciling), and nothing is resent."""
+    failure = LoginRefreshError("the server refused to refresh the Lamina login", status=503)
+    rec = Recorder(refused())
+    client = with_source(rec, FakeSource(fail=failure))
+    with pytest.raises(LoginRefreshError) as info:
+        run(using(client, lambda c: c.start("app_1", {})))
+    assert "run `lamina login` again" in str(info.value)
+    assert len(rec.requests) == 1
+    assert client.stats.unknown_outcomes == 0
+
+
+def test_tokens_echoed_by_the_server_are_scrubbed_by_the_source() -> None:
+    """Error text the server echoes goes through the source's scrub: no token in any message."""
+    rec = Recorder(httpx.Response(400, json={"error": "you sent Bearer lma_mcp_at_one", "code": "VALIDATION_ERROR"}))
+    client = with_source(rec, FakeSource())
+    with pytest.raises(InputValidationError) as info:
+        run(using(client, lambda c: c.start("app_1", {})))
+    assert "lma_mcp_at_one" not in str(info.value)
+    assert "***" in str(info.value)
 
 
 # ---------------------------------------------------------------------------- shared rate limiter

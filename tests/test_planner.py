@@ -136,6 +136,48 @@ def test_plan_says_which_row_changed_and_orphans_the_old_runs(tmp_path: Path, ma
     assert report.to_json()["totals"]["orphaned"] == 2
 
 
+def spelled(tmp_path: Path, prompt: str, *, key: bool = True, template: str = "photo of {{ row.name }}") -> Pipeline:
+    """`write`'s pipeline with the hero's input spelled `prompt` (and optionally no key, another template)."""
+    text = (tmp_path / "p.yaml").read_text(encoding="utf-8")
+    text = text.replace('inputs: {Prompt: "photo of {{ row.name }}"}', f'inputs: {{{prompt}: "{template}"}}')
+    if not key:
+        text = text.replace("  key: sku\n", "")
+    (tmp_path / "p.yaml").write_text(text, encoding="utf-8")
+    return load_pipeline(tmp_path / "p.yaml")
+
+
+@pytest.mark.parametrize("key", [True, False])
+def test_plan_says_inputs_renamed_when_only_the_spelling_changed(key: bool, tmp_path: Path, manifest: Manifest) -> None:
+    """`Prompt` -> `prompt` with the same values reruns every run (identity is the inputs as written): `plan`
+    says "inputs renamed (Prompt -> prompt)" and warns that they would be paid again; keyed rows or not."""
+    pipeline = write(tmp_path, ["a", "b"])
+    if not key:
+        pipeline = spelled(tmp_path, "Prompt", key=False)
+    for run in planned(pipeline):
+        complete(manifest, run, f"r-{run.identity[:6]}")
+    renamed = spelled(tmp_path, "prompt", key=key)
+    report = plan_against_manifest(renamed, manifest, details=True)
+    why = {(e.step_id, e.reason) for e in report.entries}
+    assert why == {("hero", "inputs renamed (Prompt -> prompt)"), ("banner", "upstream changed (hero)")}
+    text = report.render_text()
+    assert "2 runs would start again only because inputs were renamed" in text
+    assert "keep the old spelling to reuse them" in text
+    assert report.to_json()["reasons"]["inputs renamed (Prompt -> prompt)"] == 2
+
+
+def test_a_rename_with_another_value_is_a_change(tmp_path: Path, manifest: Manifest) -> None:
+    """A respelled input whose template changed too is "inputs changed", not a rename, and no warning."""
+    pipeline = write(tmp_path, ["a"])
+    for run in planned(pipeline):
+        complete(manifest, run, f"r-{run.identity[:6]}")
+    report = plan_against_manifest(
+        spelled(tmp_path, "prompt", template="a photo of {{ row.name }}"), manifest, details=True
+    )
+    hero = next(e for e in report.entries if e.step_id == "hero")
+    assert hero.reason == "inputs changed since the last run of this row"
+    assert "renamed" not in report.render_text()
+
+
 def test_plan_without_details_keeps_no_entries(tmp_path: Path) -> None:
     """details=False keeps only counts (memory flat in rows), details=True one entry per run."""
     pipeline = write(tmp_path, ["a", "b", "c"])

@@ -10,7 +10,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from lamina_batch.cli import apps, emulator, manifests, run, validate_plan
+from lamina_batch.cli import apps, auth, emulator, manifests, run, validate_plan
 from lamina_batch.cli.common import (
     EXIT_CONFIG,
     EXIT_FAILED_RUNS,
@@ -28,6 +28,7 @@ from lamina_batch.errors import (
     ConfigError,
     ForbiddenError,
     LaminaBatchError,
+    LoginRefreshError,
     ManifestError,
     ManifestLockedError,
     NotFoundError,
@@ -36,9 +37,14 @@ from lamina_batch.errors import (
 
 __all__ = ["GROUPS", "console", "main"]
 
+AUTH_ADVICE = (
+    "check LAMINA_API_KEY (and LAMINA_BASE_URL), or run `lamina login` again; `lamina-batch auth status` shows "
+    "which credentials are used"
+)
+
 # Every command, in `--help` order. A new command: a module with `register(commands)` (see cli/manifests.py),
 # listed here.
-GROUPS: tuple[Group, ...] = (run, validate_plan, manifests, apps, emulator)
+GROUPS: tuple[Group, ...] = (run, validate_plan, manifests, apps, auth, emulator)
 
 
 def console() -> int:
@@ -97,8 +103,11 @@ def _failed(e: BaseException, out: Out) -> int:
     if isinstance(e, ManifestError):
         out.err(f"lamina-batch: {e}")
         return EXIT_STOPPED if isinstance(e, ManifestLockedError) else EXIT_CONFIG
+    if isinstance(e, LoginRefreshError):  # an AuthError whose message ends with its own advice
+        out.err(f"lamina-batch: {e}")
+        return EXIT_CONFIG
     if isinstance(e, AuthError | ForbiddenError):
-        out.err(f"lamina-batch: {e}: check LAMINA_API_KEY (and LAMINA_BASE_URL)")
+        out.err(f"lamina-batch: {e}: {AUTH_ADVICE}")
         return EXIT_CONFIG
     if isinstance(e, NotFoundError):
         out.err(f"lamina-batch: {e}")

@@ -8,13 +8,12 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lamina_batch.cli.common import EXIT_OK, Out, UsageError
 from lamina_batch.cli.parser import Commands, add_emulator_flag
-from lamina_batch.cli.render import parameter_row, table
+from lamina_batch.cli.render import table
 
 if TYPE_CHECKING:
     from lamina_batch.models import AppInfo, AppSummary
@@ -63,6 +62,9 @@ def cmd_apps_list(args: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_apps_show(args: argparse.Namespace, out: Out) -> int:
+    """Each parameter by its key (what Lamina's own CLI asks for) beside its name: an input may use either."""
+    from lamina_batch.params import PARAMETER_HEADER, parameter_rows
+
     app = _get_app(args)
     if args.json:
         out.result(json.dumps(dataclasses.asdict(app), indent=2))
@@ -71,26 +73,24 @@ def cmd_apps_show(args: argparse.Namespace, out: Out) -> int:
     if app.description:
         out.result(app.description)
     out.result("")
-    out.result(table([parameter_row(p) for p in app.parameters], ["PARAMETER", "TYPE", "REQUIRED/DEFAULT", "VALUES"]))
+    out.result(table(parameter_rows(app), list(PARAMETER_HEADER)))
     out.result("")
     out.result(table([[str(o.index), o.label, o.type] for o in app.outputs], ["#", "OUTPUT", "TYPE"]))
     return EXIT_OK
 
 
 def cmd_init(args: argparse.Namespace, out: Out) -> int:
+    """The app's parameters met by the sheet's columns, by name and by content (scaffold.scaffold_for)."""
     from lamina_batch.atomic import write_text_atomic
-    from lamina_batch.matrix import read_csv_header
-    from lamina_batch.scaffold import init_pipeline_yaml
+    from lamina_batch.scaffold import scaffold_for
+    from lamina_batch.sheethints import read_sample
 
     if args.output.exists() and not args.force:
         raise UsageError(f"{args.output} exists; pass --force to overwrite or -o to choose another file")
-    columns = read_csv_header(args.csv) if args.csv is not None else None
-    app = _get_app(args)
-    csv_rel = None
     if args.csv is not None:
-        csv_rel = Path(os.path.relpath(args.csv.resolve(), args.output.resolve().parent))
-    text = init_pipeline_yaml(app, csv_path=csv_rel, csv_columns=columns, dialect=args.api)
-    write_text_atomic(args.output, text)
+        read_sample(args.csv)  # an unreadable sheet fails here, before any request
+    app = _get_app(args)
+    write_text_atomic(args.output, scaffold_for(app, args.csv, args.output, args.api))
     out.result(f"wrote {args.output}; check it with: lamina-batch validate {args.output}")
     return EXIT_OK
 

@@ -6,7 +6,6 @@ here when the planner is rebuilt.)
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Mapping
@@ -18,7 +17,6 @@ from lamina_batch.models import RunState
 if TYPE_CHECKING:
     from lamina_batch.batch import BatchResult
     from lamina_batch.events import Event
-    from lamina_batch.models import AppParameter
 
 SUMMARY_EVERY = 10.0  # seconds between summary lines when stderr is not a terminal
 
@@ -116,14 +114,3 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def parameter_row(p: AppParameter) -> list[str]:
-    """An app parameter as `apps show` lists it: name, type, required or its default, options or accepted types."""
-    need = "required" if not p.has_default else f"default {json.dumps(p.default)}"
-    extra = ""
-    if p.options:
-        extra = "options: " + ", ".join(p.options)
-    elif p.accept:
-        extra = "accepts: " + ", ".join(p.accept)
-    return [p.name, p.type, need, extra]

@@ -4,13 +4,17 @@ refresh token comes back (as lamina-api.md warns a server may), and the counters
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import secrets
+import tempfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl
 
@@ -84,6 +88,29 @@ class TokenPair:
         }
 
 
+def write_login_file(path: Path, pair: TokenPair, base_url: str) -> None:
+    """Store `pair` where `lamina login` would (`lamina-batch emulator --login-file`): the folder made 0700, the
+    file written whole (temp file, fsync, rename) with mode 0600; any other section of a file already there kept."""
+    document = pair.login_document(base_url)
+    with contextlib.suppress(OSError, ValueError):
+        existing = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(existing, dict):
+            document = {**existing, **document}
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(document, indent=2) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(name, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise
+
+
 def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -149,6 +176,11 @@ class OAuthServer:
         self._access[access] = _Access(login, self._clock() + login.access_ttl)
         self._refresh[refresh] = _Refresh(login)
         return TokenPair(access, refresh, login.access_ttl, login.client_id, login.scope)
+
+    def issued(self) -> tuple[str, ...]:
+        """Every access and refresh token handed out so far (tests look for them where no secret may be)."""
+        with self._lock:
+            return (*self._access, *self._refresh)
 
     def check(self, token: str) -> Verdict:
         """Whether an API request presenting `token` is let in; counts the expired ones refused."""

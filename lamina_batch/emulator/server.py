@@ -20,6 +20,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -35,7 +36,7 @@ from lamina_batch.emulator.catalogue import (
     validate_start_body,
 )
 from lamina_batch.emulator.config import AppDef, EmulatorConfig, Faults, OutputDef
-from lamina_batch.emulator.oauth import REFRESH_ROUTE, OAuthServer, OAuthStats, TokenPair
+from lamina_batch.emulator.oauth import REFRESH_ROUTE, OAuthServer, OAuthStats, TokenPair, write_login_file
 from lamina_batch.emulator.png import image_key, render_png
 from lamina_batch.emulator.signing import KeyRing
 from lamina_batch.httpd import DROP, HttpServer, Limits, Reply, Request, descriptor_share, json_reply
@@ -1027,22 +1028,38 @@ class Emulator:
         """Expire one access token now, or every live one (a server expiring tokens early); returns how many."""
         return 0 if self._core.oauth is None else self._core.oauth.expire(access_token)
 
+    def issued_tokens(self) -> tuple[str, ...]:
+        """Every OAuth access and refresh token this emulator handed out (none when OAuth is off)."""
+        return () if self._core.oauth is None else self._core.oauth.issued()
+
     def with_config(self, **changes: Any) -> Emulator:
         """A new (not started) emulator with some config fields changed."""
         return Emulator(replace(self.config, **changes))
 
 
-async def serve(config: EmulatorConfig, announce: Callable[[str], None]) -> None:
-    """Serve on the running loop until cancelled; `announce` gets the banner line once bound."""
+async def serve(config: EmulatorConfig, announce: Callable[[str], None], *, login_file: Path | None = None) -> None:
+    """Serve on the running loop until cancelled; `announce` gets the banner line once bound. With `login_file`
+    (config `oauth` on), a new OAuth login for this server is written there, as `lamina login` would."""
     core = EmulatorCore(config)
     base = await core.start_server()
     announce(banner(base, config.key))
     try:
+        if login_file is not None:
+            if core.oauth is None:
+                raise ValueError("a login file needs the emulator's OAuth side (config `oauth`)")
+            write_login_file(login_file, core.oauth.seed_login(), base)
+            announce(f"OAuth login for this emulator written to {login_file}{_home_hint(login_file)}")
         await asyncio.Event().wait()
     finally:
         await core.close()
 
 
-def serve_forever(config: EmulatorConfig, announce: Callable[[str], None]) -> None:
+def _home_hint(path: Path) -> str:
+    if path.name == "config.json" and path.parent.name == ".lamina":
+        return f" (use it with HOME={path.parent.parent})"
+    return ""
+
+
+def serve_forever(config: EmulatorConfig, announce: Callable[[str], None], *, login_file: Path | None = None) -> None:
     """Blocking `serve`; KeyboardInterrupt propagates to the caller (the CLI maps it to exit 130)."""
-    asyncio.run(serve(config, announce))
+    asyncio.run(serve(config, announce, login_file=login_file))
