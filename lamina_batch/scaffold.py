@@ -98,13 +98,11 @@ def _describe(param: AppParameter) -> str:
     return _comment("; ".join(bits))
 
 
-def _todo(param: AppParameter, *, suggested: bool = False, inline: bool = False) -> str:
+def _todo(param: AppParameter, *, inline: bool = False) -> str:
     if param.options:
         return f"{TODO} one of {', '.join(param.options)}"
     if param.type == "url":
         return f"{TODO} an http(s) URL" + ("" if inline else " or a template reading a column of them")
-    if suggested:
-        return f"{TODO} the {param.name.lower()}: a template such as the suggestion above"
     return f"{TODO} the {param.name.lower()}" + ("" if inline else ": text, or a template reading the columns")
 
 
@@ -119,7 +117,7 @@ class _Input:
     param: AppParameter
     value: str | None = None  # the active value: a template or a TODO literal; None: the default stays
     why: str | None = None  # a trailing comment on the value
-    suggestion: str | None = None  # a commented template for the user to adopt
+    suggestion: str | None = None  # a template built from descriptive columns (it is also the value)
     row_column: str | None = None  # inline rows: the example row's column this input reads
 
 
@@ -147,7 +145,12 @@ def _plan_inputs(app: AppInfo, sample: SheetSample | None) -> list[_Input]:
                 plan = _Input(param, f"{{{{ {first} }}}}", why=f"{why} {found.name!r}")
         if plan.value is None and not param.has_default:
             suggestion = _suggested_text(param, title, description) if param.type == "text" else None
-            plan = _Input(param, _todo(param, suggested=suggestion is not None), suggestion=suggestion)
+            if suggestion:
+                # Issue 24: what init writes passes `validate`; a TODO is left only where nothing fits.
+                why = "a start built from the sheet's descriptive columns: edit it"
+                plan = _Input(param, suggestion, why=why, suggestion=suggestion)
+            else:
+                plan = _Input(param, _todo(param))
         out.append(plan)
     return out
 
@@ -183,8 +186,6 @@ def _input_lines(plans: list[_Input], by_key: bool) -> list[str]:
         name = preferred_spelling(param) if by_key else param.name
         described = _describe(param)
         lines.append(f"# {_comment(param.name)}: {described}" if by_key and name != param.name else f"# {described}")
-        if plan.suggestion is not None:
-            lines.append(f"# {_template_pair(name, plan.suggestion)}    # a start, from the sheet's columns")
         if plan.value is None:
             value = param.default if isinstance(param.default, str) else ""
             lines.append(f"# {_yaml_pair(name, value)}    (uncomment to override the default)")
@@ -242,13 +243,16 @@ def _inline_matrix_lines(plans: list[_Input]) -> list[str]:
     ]
 
 
-def _head_lines(app: AppInfo, dialect: Dialect, pipeline_dir: Path | None) -> list[str]:
+def _head_lines(app: AppInfo, dialect: Dialect, pipeline_dir: Path | None, *, todo: bool) -> list[str]:
     lines = [f"# yaml-language-server: $schema={schema_reference(pipeline_dir)}"]
     lines.append(f"# lamina-batch pipeline for {_comment(app.name)} ({app.app_id})")
     if app.description:
         lines.append(f"# {_comment(app.description)}")
+    if todo:
+        lines.append(f'# Replace every "{TODO} ..." value (validate refuses them), then check it with')
+    else:
+        lines.append("# Read the templates below (each says where it came from), then check it with")
     lines += [
-        f'# Replace every "{TODO} ..." value (validate refuses them), then check it with',
         "# `lamina-batch validate pipeline.yaml --check-apps` and run it with `lamina-batch run pipeline.yaml`.",
         "version: 1",
         _yaml_pair("name", step_id_for(app.name)),
@@ -277,7 +281,9 @@ def init_pipeline_yaml(
         sample = SheetSample(tuple(csv_columns or ()), (), complete=False)
     plans = _plan_inputs(app, sample if csv_path is not None else None)
     by_key = all(p.key for p in app.parameters)
-    lines = _head_lines(app, dialect, pipeline_dir)
+    inline = csv_path is None or sample is None
+    todo = inline or any(p.value is not None and p.value.startswith(TODO) for p in plans)
+    lines = _head_lines(app, dialect, pipeline_dir, todo=todo)
     if csv_path is not None and sample is not None:
         shown = csv_path
         if pipeline_dir is not None and csv_path.is_absolute():

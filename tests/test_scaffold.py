@@ -66,17 +66,10 @@ def write(tmp_path: Path, text: str) -> Path:
     return path
 
 
-_SUGGESTED = re.compile(r"^\s*# (\S+): (\".*\")    # a start")
-
-
 def fill_todos(text: str) -> str:
-    """Replace every TODO value as a user would: the suggested template, the first option, a URL, or text."""
+    """Replace every TODO value as a user would: the first option, a URL, or text."""
     out: list[str] = []
-    suggestion: str | None = None
     for line in text.splitlines():
-        m = _SUGGESTED.match(line)
-        if m:
-            suggestion = m[2]
         todo = re.search(r"'TODO: ([^']*)'", line)
         if todo:
             what = todo[1]
@@ -84,8 +77,6 @@ def fill_todos(text: str) -> str:
                 value = yaml.safe_dump(what[len("one of ") :].split(", ")[0]).split("\n")[0]
             elif what.startswith("an http(s) URL"):
                 value = '"https://img.test/{{ row_number }}.png"'
-            elif "suggestion above" in what and suggestion is not None:
-                value = suggestion
             else:
                 value = "a ceramic mug"
             line = line[: todo.start()] + value + line[todo.end() :]
@@ -211,17 +202,18 @@ def test_image_url_column_found_by_content(tmp_path: Path) -> None:
     assert "clip: 'TODO: an http(s) URL" in init_pipeline_yaml(video, csv_path=Path("p.csv"), sample=sample)
 
 
-def test_required_text_gets_a_commented_template_from_descriptive_columns(tmp_path: Path) -> None:
-    """A required text parameter no column names gets a TODO and a commented template from the title and
-    description columns (the title alone for a name parameter)."""
+def test_required_text_gets_a_template_from_descriptive_columns(tmp_path: Path) -> None:
+    """A required text parameter no column names gets a working template from the title and description
+    columns, with a comment saying to edit it (the title alone for a name parameter): no TODO is left."""
     sample = read_sample(_write_csv("sku,Title,Short description,Description\nA,Mug,Blue mug.,<p>Long</p>\n", tmp_path))
     text = init_pipeline_yaml(HERO, csv_path=Path("p.csv"), sample=sample)
     assert (
-        "# prompt: \"{{ row.Title }}: {{ row['Short description'] | striptags | truncate(200) }}\"    # a start" in text
+        "      prompt: \"{{ row.Title }}: {{ row['Short description'] | striptags | truncate(200) }}\"    # a start"
+        in text
     )
-    assert "prompt: 'TODO: the prompt: a template such as the suggestion above'" in text
+    assert "TODO" not in text
     named = AppInfo("n", "N", None, (AppParameter("x", "Product Name", "text", key="product_name"),), ())
-    assert '# product_name: "{{ row.Title }}"    # a start' in init_pipeline_yaml(
+    assert '      product_name: "{{ row.Title }}"    # a start' in init_pipeline_yaml(
         named, csv_path=Path("p.csv"), sample=sample
     )
 
@@ -535,7 +527,7 @@ def test_shopify_export_scaffold(tmp_path: Path) -> None:
     assert "  # fill_down: [Title, Body (HTML)]" in text
     assert "'Handle' repeats on 6 of the 9 rows read" in text
     assert "reference_image: \"{{ row['Image Src'] }}\"    # the image URLs in 'Image Src'" in text
-    assert "# prompt: \"{{ row.Title }}: {{ row['Body (HTML)'] | striptags | truncate(200) }}\"" in text
+    assert "prompt: \"{{ row.Title }}: {{ row['Body (HTML)'] | striptags | truncate(200) }}\"    # a start" in text
 
 
 def test_shopify_export_init_validate_run(tmp_path: Path, emulator: Any) -> None:
