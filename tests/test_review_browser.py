@@ -105,6 +105,7 @@ def test_reject_two_by_keyboard_then_reload(tmp_path: Path, browser: Any) -> Non
         assert page.locator("#help").is_hidden()
         hero = page.locator('.tile[data-identity="hero-1"] img')
         until(lambda: hero.evaluate("i => i.complete && i.naturalWidth > 0"))
+        hero.scroll_into_view_if_needed()  # a reload may restore the scroll position of the last focused tile
         shot = read_png(page.screenshot())
         assert shot.count_near(COLOURS[0]) > 5000  # the images are drawn, not just in the DOM
         assert page.errors == []
