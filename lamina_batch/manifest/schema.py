@@ -18,7 +18,7 @@ __all__ = [
     "read_header",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 RUN_COLUMNS = (
     "identity",
@@ -129,8 +129,46 @@ def _migrate_to_3(conn: sqlite3.Connection) -> None:
     create_verdicts_table(conn)
 
 
+def _migrate_to_4(conn: sqlite3.Connection) -> None:
+    """Credits per run and earlier attempts kept on a redo.
+
+    runs.credits_estimate: the expected credits the current attempt was started under (the budget counts it);
+    runs.credits_actual: what the API reported it cost, where it does; runs.credits_earlier: what earlier
+    attempts of this identity cost (a redo or a retry is a second payment). runs.upstream_attempts_json: the
+    attempt number of every upstream run this one consumed, so a redone upstream makes it stale. The attempts
+    table keeps each superseded attempt's remote run, outputs, files and cost (newest attempt stays in runs).
+    """
+    conn.execute("ALTER TABLE runs ADD COLUMN credits_estimate REAL")
+    conn.execute("ALTER TABLE runs ADD COLUMN credits_actual REAL")
+    conn.execute("ALTER TABLE runs ADD COLUMN credits_earlier REAL NOT NULL DEFAULT 0")
+    conn.execute("ALTER TABLE runs ADD COLUMN upstream_attempts_json TEXT NOT NULL DEFAULT '{}'")
+    conn.execute(
+        """CREATE TABLE attempts (
+            identity TEXT NOT NULL REFERENCES runs (identity),
+            attempt INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            remote_id TEXT,
+            inputs_json TEXT NOT NULL,
+            outputs_json TEXT NOT NULL DEFAULT '[]',
+            downloads_json TEXT NOT NULL DEFAULT '[]',
+            error TEXT,
+            error_code TEXT,
+            credits REAL,
+            submitted_at TEXT,
+            finished_at TEXT,
+            archived_at TEXT NOT NULL,
+            PRIMARY KEY (identity, attempt)
+        )"""
+    )
+
+
 # version N -> the function that upgrades a version N-1 file to N
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_to_1, 2: _migrate_to_2, 3: _migrate_to_3}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {
+    1: _migrate_to_1,
+    2: _migrate_to_2,
+    3: _migrate_to_3,
+    4: _migrate_to_4,
+}
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 
 
