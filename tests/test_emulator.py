@@ -29,7 +29,7 @@ from helpers import wait_for, wait_for_async
 
 from lamina_batch.emulator import AppDef, Emulator, EmulatorConfig, Faults, OutputDef, ParamDef, banner, serve
 from lamina_batch.emulator.png import COLOURS
-from lamina_batch.emulator.server import epoch_ms, iso
+from lamina_batch.emulator.runs import epoch_ms, iso
 
 MakeEmu = Callable[..., Emulator]
 HERO = "app_7Hk2"

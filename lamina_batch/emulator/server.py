@@ -1,6 +1,6 @@
-"""The Lamina-compatible API: routing, run lifecycles, rate limit, faults, webhooks, stats, and the runners
-(`Emulator` in a background thread, `serve`/`serve_forever` for the `lamina-batch emulator` command).
-"""
+"""The Lamina-compatible API: admission (faults, outage, rate limit, auth), routing, starts and credits, and the
+runners (`Emulator` in a background thread, `serve`/`serve_forever` for `lamina-batch emulator`). Runs live in
+runs.py, outgoing webhooks in delivery.py, counters in stats.py, the rate window and key check in gate.py."""
 
 from __future__ import annotations
 
@@ -8,223 +8,41 @@ import asyncio
 import concurrent.futures
 import contextlib
 import heapq
-import hmac
 import json
-import math
 import os
 import random
 import signal
 import threading
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-import httpx
-
 from lamina_batch.emulator.catalogue import (
     app_detail,
     app_summary,
-    canonical_inputs,
     estimate_body,
-    generated_text,
     has_fail_marker,
     validate_start_body,
 )
-from lamina_batch.emulator.config import AppDef, EmulatorConfig, Faults, OutputDef
-from lamina_batch.emulator.oauth import REFRESH_ROUTE, OAuthServer, OAuthStats, TokenPair, write_login_file
-from lamina_batch.emulator.png import image_key, render_png
+from lamina_batch.emulator.config import AppDef, EmulatorConfig, Faults
+from lamina_batch.emulator.delivery import WebhookSender
+from lamina_batch.emulator.gate import RateWindows, auth_problem, error_body
+from lamina_batch.emulator.oauth import REFRESH_ROUTE, OAuthServer, TokenPair, write_login_file
+from lamina_batch.emulator.runs import TERMINAL, Run, await_terminal, file_reply, iso, list_runs
 from lamina_batch.emulator.signing import KeyRing
+from lamina_batch.emulator.stats import EmulatorStats, RequestLogEntry
 from lamina_batch.httpd import DROP, HttpServer, Limits, Reply, Request, descriptor_share, json_reply
 
 _T = TypeVar("_T")
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
-STATUSES = ("queued", "running", "completed", "failed", "cancelled")
 FAIL_MESSAGE = "Generation failed: the model could not produce an output for these inputs"
 
 
 def banner(base_url: str, key: str) -> str:
     """The first line `lamina-batch emulator` prints."""
     return f"Lamina emulator on {base_url} (key {key})"
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def epoch_ms(ts: float) -> int:
-    """The millisecond `iso(ts)` shows (microseconds rounded as datetime rounds them, then cut), as an integer."""
-    when = datetime.fromtimestamp(ts, UTC)
-    return int(when.replace(microsecond=0).timestamp()) * 1000 + when.microsecond // 1000
-
-
-@dataclass(frozen=True)
-class RequestLogEntry:
-    """One request as the emulator saw it; `status` 0 and `dropped` when closed without a reply."""
-
-    time: float
-    method: str
-    path: str
-    status: int
-    dropped: bool
-
-
-@dataclass(frozen=True)
-class WebhookAttempt:
-    """One webhook POST attempt; `status` 0 on a connection error."""
-
-    time: float
-    run_id: str
-    url: str
-    attempt: int
-    status: int
-    ok: bool
-
-
-class EmulatorStats:
-    """Counters for tests and benchmarks; written on the emulator's loop, read from any thread."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._requests: list[RequestLogEntry] = []
-        self._starts_by_inputs: Counter[tuple[str, str]] = Counter()
-        self._webhook_log: list[WebhookAttempt] = []
-        self.starts = 0
-        self.peak_active = 0
-        self.sent_429 = 0
-        self.webhooks_sent = 0
-        self.webhooks_delivered = 0
-        self.webhooks_failed = 0
-        self.webhooks_dropped = 0
-        self.webhooks_settled = 0  # runs whose delivery is over: delivered, given up after retries, or dropped
-        self.credits_spent = 0.0
-        self.kills = 0  # SIGKILLs sent by `Emulator.kill_on_start`
-        self.estimates_served = 0
-        self.insufficient_credits = 0  # starts refused with 402: the balance could not cover them
-        self.oauth = OAuthStats()
-
-    @property
-    def requests(self) -> list[RequestLogEntry]:
-        with self._lock:
-            return list(self._requests)
-
-    def api_requests(self) -> list[RequestLogEntry]:
-        """Requests to /v1 or /api paths (what Lamina's rate limit counts)."""
-        return [r for r in self.requests if r.path.startswith(("/v1/", "/api/"))]
-
-    @property
-    def starts_by_inputs(self) -> Counter[tuple[str, str]]:
-        with self._lock:
-            return Counter(self._starts_by_inputs)
-
-    def duplicate_starts(self) -> dict[tuple[str, str], int]:
-        """(app_id, canonical inputs JSON) -> count, for inputs started more than once."""
-        return {k: n for k, n in self.starts_by_inputs.items() if n > 1}
-
-    @property
-    def webhook_log(self) -> list[WebhookAttempt]:
-        with self._lock:
-            return list(self._webhook_log)
-
-    def _log(self, entry: RequestLogEntry) -> None:
-        with self._lock:
-            self._requests.append(entry)
-
-    def _start(self, app_id: str, inputs_json: str, credits: float) -> None:
-        with self._lock:
-            self.starts += 1
-            self.credits_spent += credits
-            self._starts_by_inputs[(app_id, inputs_json)] += 1
-
-    def _webhook(self, attempt: WebhookAttempt) -> None:
-        with self._lock:
-            self._webhook_log.append(attempt)
-            self.webhooks_sent += 1
-            if attempt.ok:
-                self.webhooks_delivered += 1
-            else:
-                self.webhooks_failed += 1
-
-
-class _Run:
-    """A run's fixed facts; its status is computed from the clock, so 20k runs need no timers."""
-
-    __slots__ = (
-        "app",
-        "cancelled_at",
-        "created",
-        "created_ms",
-        "end_at",
-        "fail_message",
-        "id",
-        "inputs",
-        "inputs_json",
-        "outputs",
-        "start_at",
-        "waiters",
-        "webhook",
-        "webhook_handle",
-    )
-
-    def __init__(
-        self,
-        run_id: str,
-        app: AppDef,
-        inputs: dict[str, Any],
-        outputs: tuple[OutputDef, ...],
-        created: float,
-        start_at: float,
-        end_at: float,
-        fail_message: str | None,
-        webhook: str | None,
-    ) -> None:
-        self.id = run_id
-        self.app = app
-        self.inputs = inputs
-        self.inputs_json = canonical_inputs(inputs)
-        self.outputs = outputs
-        self.created = created
-        self.created_ms = epoch_ms(created)
-        self.start_at = start_at
-        self.end_at = end_at
-        self.fail_message = fail_message
-        self.cancelled_at: float | None = None
-        self.webhook = webhook
-        self.webhook_handle: asyncio.TimerHandle | None = None
-        self.waiters: list[asyncio.Future[None]] = []
-
-    def status(self, now: float) -> str:
-        if self.cancelled_at is not None:
-            return "cancelled"
-        if now >= self.end_at:
-            return "failed" if self.fail_message else "completed"
-        if now >= self.start_at:
-            return "running"
-        return "queued"
-
-    def summary(self, now: float, id_field: str) -> dict[str, Any]:
-        s = self.status(now)
-        started = (
-            self.start_at
-            if now >= self.start_at and (self.cancelled_at is None or self.cancelled_at >= self.start_at)
-            else None
-        )
-        completed = self.cancelled_at if s == "cancelled" else (self.end_at if s in TERMINAL else None)
-        return {
-            id_field: self.id,
-            "appId": self.app.app_id,
-            "status": s,
-            "errorMessage": self.fail_message if s == "failed" else ("Cancelled" if s == "cancelled" else None),
-            "createdAt": iso(self.created),
-            "startedAt": iso(started),
-            "completedAt": iso(completed),
-        }
 
 
 class EmulatorCore:
@@ -243,15 +61,15 @@ class EmulatorCore:
         self.oauth = OAuthServer(config.oauth, self.stats.oauth) if config.oauth is not None else None
         self._rng = random.Random(f"{config.seed}/runs")
         self._fault_rng = random.Random(f"{config.seed}/faults")
-        self._runs: dict[str, _Run] = {}
-        self._order: list[_Run] = []
+        self._runs: dict[str, Run] = {}
+        self._order: list[Run] = []
         self._active: set[str] = set()
         self._ends: list[tuple[float, str]] = []
-        self._windows: dict[str, list[float]] = {}
+        rate = config.rate_limit
+        self._rates = RateWindows(rate, config.rate_window) if rate is not None else None
         self._req_counter = 0
-        self._tasks: set[asyncio.Task[None]] = set()
         self._server: HttpServer | None = None
-        self._http_ready: asyncio.Future[httpx.AsyncClient] | None = None
+        self._webhooks = WebhookSender(config, self.keyring, self.stats, self._fault_rng)
         self._loop: asyncio.AbstractEventLoop | None = None
         # Test-only controls, set through `Emulator` methods in the same process; no request can reach them.
         self.start_hook: Callable[[str, dict[str, Any]], None] | None = None
@@ -286,19 +104,13 @@ class EmulatorCore:
         for run in self._order:
             if run.webhook_handle is not None:
                 run.webhook_handle.cancel()
-        for t in list(self._tasks):
-            t.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._http_ready is not None:
-            client = await self._http_ready
-            await client.aclose()
+        await self._webhooks.close()
 
     # ---- queries usable from tests ----------------------------------------------------------------
 
     def run_status(self, run_id: str) -> dict[str, Any] | None:
         run = self._runs.get(run_id)
-        return None if run is None else self._status_body(run, time.time(), "runId")
+        return None if run is None else self._body(run, time.time(), "runId")
 
     def run_ids(self) -> list[str]:
         return [r.id for r in list(self._order)]
@@ -326,17 +138,11 @@ class EmulatorCore:
         details: Any = None,
     ) -> Reply:
         self._req_counter += 1
-        body: dict[str, Any] = {
-            "error": message,
-            "code": code,
-            "retryable": retryable,
-            "requestId": f"req_{self.config.seed:x}_{self._req_counter:06x}",
-        }
-        if retry_after is not None:
-            body["retryAfter"] = retry_after
-            headers = (*headers, ("Retry-After", str(retry_after)))
-        if details is not None:
-            body["details"] = details
+        request_id = f"req_{self.config.seed:x}_{self._req_counter:06x}"
+        body, extra = error_body(
+            code, message, request_id, retryable=retryable, retry_after=retry_after, details=details
+        )
+        headers = (*headers, *extra)
         return json_reply(status, body, headers)
 
     def _logged(self, req: Request, reply: Reply) -> Reply:
@@ -346,7 +152,7 @@ class EmulatorCore:
     def handle(self, req: Request) -> Reply | Awaitable[Reply]:
         path = req.path
         if path.startswith("/files/"):
-            return self._logged(req, self._file(req))
+            return self._logged(req, file_reply(req, self._runs))
         if path == REFRESH_ROUTE and self.oauth is not None:
             return self._logged(req, self._token(req))
         if not path.startswith(("/v1/", "/api/")):
@@ -362,8 +168,8 @@ class EmulatorCore:
                 req, self._error(503, "RESOURCE_UNAVAILABLE", "Service temporarily unavailable", retryable=True)
             )
         rl_headers: tuple[tuple[str, str], ...] = ()
-        if self.config.rate_limit is not None:
-            limited, rl_headers, retry_after = self._rate(req.peer)
+        if self._rates is not None:
+            limited, rl_headers, retry_after = self._rates.count(req.peer)
             if limited:
                 self.stats.sent_429 += 1
                 return self._logged(
@@ -409,41 +215,9 @@ class EmulatorCore:
             await asyncio.sleep(delay)
         return self._logged(req, reply)
 
-    def _rate(self, peer: str) -> tuple[bool, tuple[tuple[str, str], ...], int]:
-        limit = self.config.rate_limit
-        assert limit is not None
-        window = self.config.rate_window
-        now = time.monotonic()
-        w = self._windows.get(peer)
-        if w is None or now >= w[0] + window:
-            w = [now, 0.0]
-            self._windows[peer] = w
-        w[1] += 1
-        reset = max(1, math.ceil(w[0] + window - now))
-        headers = (
-            ("RateLimit-Limit", str(limit)),
-            ("RateLimit-Remaining", str(max(0, limit - int(w[1])))),
-            ("RateLimit-Reset", str(reset)),
-        )
-        return w[1] > limit, headers, reset
-
     def _auth(self, req: Request, headers: tuple[tuple[str, str], ...]) -> Reply | None:
-        given = req.headers.get("x-api-key")
-        authz = req.headers.get("authorization")
-        if given is None and authz is not None:
-            scheme, _, token = authz.partition(" ")
-            given = token.strip() if scheme.lower() == "bearer" else ""
-        if not given:
-            return self._error(
-                401, "AUTH_MISSING_KEY", "Missing API key: send Authorization: Bearer <key>", headers=headers
-            )
-        if hmac.compare_digest(given.encode(), self.config.key.encode()):
-            return None
-        verdict = self.oauth.check(given) if self.oauth is not None else "unknown"
-        if verdict == "ok":
-            return None
-        message = {"expired": "Access token expired", "revoked": "Access token revoked"}.get(verdict, "Invalid API key")
-        return self._error(401, "AUTH_INVALID_KEY", message, headers=headers)
+        problem = auth_problem(req.headers, self.config.key, self.oauth)
+        return None if problem is None else self._error(401, *problem, headers=headers)
 
     def _token(self, req: Request) -> Reply:
         """The OAuth refresh grant (emulator/oauth.py); an outage reaches it like any other request."""
@@ -556,13 +330,13 @@ class EmulatorCore:
             id_field: run.id,
             "status": run.status(now),
             "createdAt": iso(run.created),
-            "outputs": self._outputs(run, "queued"),
+            "outputs": run.outputs_body("queued", self.base_url),
         }
         return json_reply(202, {"data": data}, h)
 
     def _create(
         self, app: AppDef, inputs: dict[str, Any], labels: list[str] | None, webhook: str | None, id_field: str
-    ) -> _Run:
+    ) -> Run:
         cfg = self.config
         now = time.time()
         if self._order and now < self._order[-1].created:
@@ -578,7 +352,7 @@ class EmulatorCore:
         run_id = f"{prefix}_{self._rng.getrandbits(80):020x}"
         outputs = app.outputs if labels is None else tuple(o for o in app.outputs if o.label in labels)
         start_at = now + cfg.queued
-        run = _Run(run_id, app, inputs, outputs, now, start_at, start_at + seconds, fail, webhook)
+        run = Run(run_id, app, inputs, outputs, now, start_at, start_at + seconds, fail, webhook)
         self._runs[run_id] = run
         self._order.append(run)
         self.stats._start(app.app_id, run.inputs_json, app.credits)
@@ -604,7 +378,7 @@ class EmulatorCore:
         if self.result_hook is not None:
             self.result_hook(run_id)
 
-    def _track_active(self, run: _Run, now: float) -> None:
+    def _track_active(self, run: Run, now: float) -> None:
         ends = self._ends
         while ends and ends[0][0] <= now:
             self._active.discard(heapq.heappop(ends)[1])
@@ -613,42 +387,14 @@ class EmulatorCore:
         if len(self._active) > self.stats.peak_active:
             self.stats.peak_active = len(self._active)
 
-    def _outputs(self, run: _Run, status: str) -> list[dict[str, Any]]:
-        app = run.app
-        out: list[dict[str, Any]] = []
-        for o in run.outputs:
-            value: str | None = None
-            ostatus, error = "pending", None
-            if status == "completed":
-                ostatus = "completed"
-                if o.type == "text":
-                    value = generated_text(app, run.inputs, o.label)
-                else:
-                    value = f"{self.base_url}/files/{run.id}/{o.index}.png"
-            elif status in ("failed", "cancelled"):
-                ostatus, error = "error", ("Run cancelled" if status == "cancelled" else "Run failed")
-            out.append(
-                {
-                    "id": o.output_id(app.app_id),
-                    "label": o.label,
-                    "type": o.type,
-                    "value": value,
-                    "status": ostatus,
-                    "error": error,
-                }
-            )
-        return out
-
-    def _status_body(self, run: _Run, now: float, id_field: str) -> dict[str, Any]:
-        body = run.summary(now, id_field)
-        body["outputs"] = self._outputs(run, body["status"])
-        return body
+    def _body(self, run: Run, now: float, id_field: str) -> dict[str, Any]:
+        return run.body(now, id_field, self.base_url)
 
     def _status(self, run_id: str, id_field: str, h: tuple[tuple[str, str], ...]) -> Reply:
         run = self._runs.get(run_id)
         if run is None:
             return self._error(404, "NOT_FOUND", "Run not found", headers=h)
-        return json_reply(200, {"data": self._status_body(run, time.time(), id_field)}, h)
+        return json_reply(200, {"data": self._body(run, time.time(), id_field)}, h)
 
     def _wait(self, req: Request, run_id: str, h: tuple[tuple[str, str], ...]) -> Reply | Awaitable[Reply]:
         try:
@@ -662,28 +408,9 @@ class EmulatorCore:
             return self._error(404, "NOT_FOUND", "Run not found", headers=h)
         now = time.time()
         if run.status(now) in TERMINAL:
-            return json_reply(200, {"data": self._status_body(run, now, "runId")}, h)
-        return self._hold(run, min(timeout, run.end_at - now), timeout, h)
-
-    async def _hold(self, run: _Run, delay: float, limit: float, h: tuple[tuple[str, str], ...]) -> Reply:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        run.waiters.append(fut)
-        handle = loop.call_later(max(0.0, delay), _resolve, fut)
-        try:
-            await fut
-        finally:
-            handle.cancel()
-            run.waiters.remove(fut)
-        now = time.time()
-        # the timer may fire a hair before the lazy clock says terminal
-        if run.cancelled_at is None and 0 < run.end_at - now < 0.05 and delay < limit:
-            await asyncio.sleep(run.end_at - now)
-            now = time.time()
-        body = self._status_body(run, now, "runId")
-        if body["status"] not in TERMINAL:
-            body["timeout"] = True
-        return json_reply(200, {"data": body}, h)
+            return json_reply(200, {"data": self._body(run, now, "runId")}, h)
+        body = await_terminal(run, min(timeout, run.end_at - now), timeout, self.base_url)
+        return _reply_later(body, h)
 
     def _cancel(self, run_id: str, h: tuple[tuple[str, str], ...]) -> Reply:
         run = self._runs.get(run_id)
@@ -699,7 +426,7 @@ class EmulatorCore:
             if run.webhook_handle is not None:
                 run.webhook_handle.cancel()
                 self._terminal(run, "runId")
-        return json_reply(200, {"data": self._status_body(run, now, "runId")}, h)
+        return json_reply(200, {"data": self._body(run, now, "runId")}, h)
 
     def _estimate(self, req: Request, app_id: str, h: tuple[tuple[str, str], ...]) -> Reply:
         app = self.apps.get(app_id)
@@ -716,142 +443,28 @@ class EmulatorCore:
         return json_reply(200, {"data": estimate_body(app, self.credits_remaining)}, h)
 
     def _list_runs(self, req: Request, h: tuple[tuple[str, str], ...]) -> Reply:
-        q = req.query
-        problems: list[dict[str, str]] = []
-        status = q.get("status") or None
-        if status is not None and status not in STATUSES:
-            problems.append({"field": "status", "message": f"must be one of {', '.join(STATUSES)}"})
-        app_id = q.get("appId") or None
-        since: int | None = None
-        if q.get("since"):
-            # compared at the millisecond `createdAt` shows: a run made in the same millisecond is never lost
-            since = _parse_since(q["since"])
-            if since is None:
-                problems.append({"field": "since", "message": "must be an ISO-8601 timestamp"})
-        limit, offset = 20, 0
-        try:
-            limit = int(q.get("limit", "20"))
-            if not 1 <= limit <= 100:
-                raise ValueError
-        except ValueError:
-            problems.append({"field": "limit", "message": "must be an integer 1..100"})
-        try:
-            offset = int(q.get("offset", "0"))
-            if offset < 0:
-                raise ValueError
-        except ValueError:
-            problems.append({"field": "offset", "message": "must be a non-negative integer"})
+        body, problems = list_runs(self._order, req.query, time.time())
         if problems:
             return self._validation("Invalid query", problems, h)
-        now = time.time()
-        matched: list[dict[str, Any]] = []
-        total = 0
-        for run in reversed(self._order):
-            if since is not None and run.created_ms < since:
-                break  # creation order is monotonic: nothing older can match
-            if app_id is not None and run.app.app_id != app_id:
-                continue
-            if status is not None and run.status(now) != status:
-                continue
-            if offset <= total < offset + limit:
-                matched.append(run.summary(now, "runId"))
-            total += 1
-        return json_reply(200, {"data": matched, "pagination": {"total": total, "limit": limit, "offset": offset}}, h)
-
-    def _file(self, req: Request) -> Reply:
-        parts = req.path.split("/")
-        if req.method not in ("GET", "HEAD") or len(parts) != 4 or not parts[3].endswith(".png"):
-            return self._error(404, "NOT_FOUND", "File not found")
-        run = self._runs.get(parts[2])
-        try:
-            index = int(parts[3][:-4])
-        except ValueError:
-            return self._error(404, "NOT_FOUND", "File not found")
-        if run is None or run.status(time.time()) != "completed":
-            return self._error(404, "NOT_FOUND", "File not found")
-        if not any(o.index == index and o.type == "image" for o in run.outputs):
-            return self._error(404, "NOT_FOUND", "File not found")
-        png = render_png(image_key(run.app.app_id, run.inputs_json, index, run.inputs))
-        cache = (("Cache-Control", "public, max-age=86400"),)
-        return Reply(200, b"" if req.method == "HEAD" else png, "image/png", cache)
+        return json_reply(200, body, h)
 
     # ---- webhooks --------------------------------------------------------------------------------
 
-    def _terminal(self, run: _Run, id_field: str) -> None:
+    def _terminal(self, run: Run, id_field: str) -> None:
         run.webhook_handle = None
         if run.webhook is None or self._loop is None:
             return
-        task = self._loop.create_task(self._deliver(run, id_field))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        finished = run.end_at if run.cancelled_at is None else run.cancelled_at
+        self._webhooks.send(self._loop, run.id, run.webhook, finished, lambda now: self._body(run, now, id_field))
 
-    async def _webhook_client(self) -> httpx.AsyncClient:
-        # building an httpx client loads CA certificates (~0.1 s): do it off the loop, once
-        if self._http_ready is None:
-            loop = asyncio.get_running_loop()
-            self._http_ready = loop.run_in_executor(None, lambda: httpx.AsyncClient(timeout=10.0))
-        return await asyncio.shield(self._http_ready)
 
-    async def _deliver(self, run: _Run, id_field: str) -> None:
-        try:
-            await self._deliver_attempts(run, id_field)
-        finally:
-            self.stats.webhooks_settled += 1
-
-    async def _deliver_attempts(self, run: _Run, id_field: str) -> None:
-        url = run.webhook
-        assert url is not None
-        if self.config.p_webhook_drop and self._fault_rng.random() < self.config.p_webhook_drop:
-            self.stats.webhooks_dropped += 1
-            return
-        http = await self._webhook_client()
-        now = max(time.time(), run.end_at if run.cancelled_at is None else run.cancelled_at)
-        raw = json.dumps({"data": self._status_body(run, now, id_field)}, separators=(",", ":")).encode()
-        delays = self.config.webhook_retry_delays
-        for attempt in range(len(delays) + 1):
-            ts = int(time.time())
-            headers = {
-                "Content-Type": "application/json",
-                "X-Lamina-Webhook-Signature": self.keyring.active.sign(ts, raw),
-                "X-Lamina-Webhook-Timestamp": str(ts),
-                "X-Lamina-Webhook-Request-Id": run.id,
-                "X-Lamina-Webhook-User-Id": self.config.webhook_user_id,
-            }
-            try:
-                resp = await http.post(url, content=raw, headers=headers)
-                status = resp.status_code
-            except httpx.HTTPError:
-                status = 0
-            ok = 200 <= status < 300
-            self.stats._webhook(WebhookAttempt(time.time(), run.id, url, attempt + 1, status, ok))
-            if ok or attempt == len(delays):
-                return
-            await asyncio.sleep(delays[attempt])
+async def _reply_later(body: Awaitable[dict[str, Any]], h: tuple[tuple[str, str], ...]) -> Reply:
+    return json_reply(200, {"data": await body}, h)
 
 
 def _bug_reply(exc: Exception) -> Reply:
     """A handler that raised: 500 in Lamina's error shape, naming the exception type (never its text)."""
     return json_reply(500, {"error": f"emulator bug: {type(exc).__name__}", "code": "INTERNAL_ERROR"})
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
-def _parse_since(v: str) -> int | None:
-    """`since` (ISO-8601, or epoch seconds) as epoch milliseconds, or None when it is neither."""
-    try:
-        return epoch_ms(float(v))
-    except (ValueError, OverflowError, OSError):
-        pass
-    try:
-        dt = datetime.fromisoformat(v.replace("Z", "+00:00").replace(" ", "+"))
-    except ValueError:
-        return None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return int(dt.replace(microsecond=0).timestamp()) * 1000 + dt.microsecond // 1000
 
 
 class Emulator:
