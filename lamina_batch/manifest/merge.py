@@ -14,7 +14,8 @@ from lamina_batch.errors import ManifestError
 from lamina_batch.verdicts import copy_verdicts
 
 from .api import Manifest
-from .files import acquire_lock, connect, fsync_dir
+from .files import connect, fsync_dir
+from .lock import acquire_lock
 from .records import SELECT_RUNS, dumps
 from .schema import RUN_COLUMNS, apply_migrations
 
@@ -84,11 +85,11 @@ def merge_manifests(sources: Sequence[Path | str], dest: Path | str) -> MergeSum
                     "only shards of one pipeline can be merged"
                 )
         # hold dest's writer lock while replacing it, so no batch is writing the file we swap out
-        lock_fd = acquire_lock(dest)
+        lock = acquire_lock(dest)
         try:
             return _build_merge(opened, dest, name)
         finally:
-            os.close(lock_fd)
+            lock.close()
     finally:
         for m in opened:
             m.close()
