@@ -624,7 +624,8 @@ class EmulatorCore:
                 if o.type == "text":
                     value = generated_text(app, run.inputs, o.label)
                 else:
-                    value = f"{self.base_url}/files/{run.id}/{o.index}.png"
+                    files = (self.config.files_base_url or self.base_url).rstrip("/")
+                    value = f"{files}/files/{run.id}/{o.index}.png"
             elif status in ("failed", "cancelled"):
                 ostatus, error = "error", ("Run cancelled" if status == "cancelled" else "Run failed")
             out.append(
