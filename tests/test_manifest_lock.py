@@ -17,12 +17,13 @@ from manifest_helpers import NAME, child, make_run
 from lamina_batch.emulator import Emulator
 from lamina_batch.errors import ManifestLockedError
 from lamina_batch.manifest import Manifest
+from lamina_batch.verdicts import VerdictStore
 
 
 @pytest.mark.parametrize("kind", ["hard link", "symlink"])
 def test_a_second_path_to_the_file_cannot_open_a_second_writer(tmp_path: Path, kind: str) -> None:
-    """A writer through a hard link or a symlink to a held manifest is refused naming this process; once the
-    first closes, the second path opens."""
+    """A writer through a hard link or a symlink to a held manifest is refused naming this process, while readers
+    and verdict writes go on beside it; once the first closes, the second path opens."""
     path = tmp_path / "m.sqlite"
     other = tmp_path / "other.sqlite"
     with Manifest.open(path, pipeline_name=NAME, writer=True) as m:
@@ -35,6 +36,8 @@ def test_a_second_path_to_the_file_cannot_open_a_second_writer(tmp_path: Path, k
             Manifest.open(other, pipeline_name=NAME, writer=True)
         with Manifest.open(path, pipeline_name=NAME, writer=False) as reader:
             assert reader.get("hero-1") is not None
+        with VerdictStore.open(path) as verdicts:  # review's verdicts are written beside the writer
+            verdicts.record("hero-1", 1, "rejected", at="2026-01-01T00:00:00Z")
     with Manifest.open(other, pipeline_name=NAME, writer=True) as m2:
         assert m2.get("hero-1") is not None
 
