@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .errors import ConfigError
 from .events import Event, PlanReady, ReportWritten, StopReason
 from .models import Pipeline, RunState
-from .options import BatchOptions, PipelineSource, listen_address, prepare_pipeline
+from .options import BatchOptions, PipelineSource, download_timeout, listen_address, prepare_pipeline
 from .target import ApiTarget, api_target, make_client
 
 if TYPE_CHECKING:
@@ -193,7 +193,11 @@ async def _execute(prepared: _Prepared, options: BatchOptions, target: ApiTarget
         await _preflight(prepared, client)
         output_dir = prepared.output_dir
         with Manifest.open(pipeline.manifest, pipeline_name=pipeline.name, writer=True) as manifest:
-            downloader = Downloader(output_dir) if pipeline.download is not None else None
+            downloader = (
+                Downloader(output_dir, total_timeout=download_timeout(options))
+                if pipeline.download is not None
+                else None
+            )
             exec_options = _exec_options(pipeline, options, prepared.shard)
             executor = Executor(pipeline, manifest, client, exec_options, emit=emit, downloader=downloader)
             totals = {s.id: prepared.digest.totals.get(s.id, 0) for s in pipeline.steps}

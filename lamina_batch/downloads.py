@@ -1,5 +1,6 @@
 """Output files on disk: safe output paths, atomic downloads (temp file, fsync, rename, directory fsync) with
-size and sha256, re-verification on resume, and text outputs written the same way.
+size and sha256, a total time cap per download besides the gap timeout, re-verification on resume, and text
+outputs written the same way. A cancelled download (a stop) leaves no partial file and no record.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from .errors import DownloadError, UnsafePathError
 from .models import DownloadRecord, RunOutput
 
 __all__ = [
+    "DEFAULT_TOTAL_BASE",
+    "DEFAULT_TOTAL_RATE",
     "MAX_NAME_BYTES",
     "MAX_PATH_BYTES",
     "Downloader",
@@ -78,6 +81,11 @@ _TYPE_DEFAULT_EXT: dict[str, str] = {
 _SUFFIX_RE = re.compile(r"^\.[a-z0-9]{1,5}$")
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
 _CHUNK = 64 * 1024
+
+# The default total cap of one download: this long whatever its size, plus the time its size takes at this pace
+# (a 10 MB image: 120 s + 153 s). A server that drips bytes just inside the gap timeout still ends.
+DEFAULT_TOTAL_BASE = 120.0
+DEFAULT_TOTAL_RATE = 64 * 1024  # bytes per second
 
 
 def _refuse(rendered: str, reason: str) -> UnsafePathError:
@@ -228,6 +236,33 @@ def _sha256_file(path: Path) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
+class _TotalCap:
+    """The deadline of one download (every attempt and backoff in it): fixed (`limit`), or by default
+    `DEFAULT_TOTAL_BASE` plus the largest size seen so far (Content-Length or bytes received) at
+    `DEFAULT_TOTAL_RATE`, moved on as the size becomes known."""
+
+    def __init__(self, limit: float | None) -> None:
+        self.limit = limit
+        self._started = asyncio.get_running_loop().time()
+        self._size = 0
+        self._timeout: asyncio.Timeout | None = None
+
+    def allowed(self) -> float:
+        if self.limit is not None:
+            return self.limit
+        return DEFAULT_TOTAL_BASE + self._size / DEFAULT_TOTAL_RATE
+
+    def bind(self, timeout: asyncio.Timeout) -> None:
+        self._timeout = timeout
+        timeout.reschedule(self._started + self.allowed())
+
+    def grow(self, size: int) -> None:
+        """The download is at least `size` bytes: with the default cap, it gets the time for them."""
+        if self.limit is None and size > self._size and self._timeout is not None:
+            self._size = size
+            self._timeout.reschedule(self._started + self.allowed())
+
+
 class _Retryable(Exception):
     """One download attempt failed in a way that another attempt may fix."""
 
@@ -250,7 +285,9 @@ class Downloader:
 
     The client is separate from the API client on purpose: output URLs are public, need no key, and must
     not consume the API's request budget. Transient failures (connect/read errors, 408, 429, 5xx) are retried
-    `attempts` times with jittered exponential backoff through the injectable `sleep`.
+    `attempts` times with jittered exponential backoff through the injectable `sleep`. `timeout` is the longest
+    gap between two bytes; `total_timeout` caps the whole download, retries included (None: a default scaled by
+    the file's size, see `DEFAULT_TOTAL_BASE`). Cancelling a fetch (a stop) removes its partial file.
     """
 
     def __init__(
@@ -265,11 +302,15 @@ class Downloader:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         timeout: float = 120.0,
         max_bytes: int | None = 2 * 1024**3,
+        total_timeout: float | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
+        if total_timeout is not None and total_timeout <= 0:
+            raise ValueError("total_timeout must be positive")
+        self._total_timeout = total_timeout
         self.base_dir = base_dir
         self._own_client = client is None
         self._client = client or httpx.AsyncClient(
@@ -308,26 +349,40 @@ class Downloader:
             raise DownloadError(f"output {label!r}: not an http(s) URL, nothing to download")
         dest = await asyncio.to_thread(prepare_output_path, self.base_dir, rel_path)
         async with self._sem:
-            last: _Retryable | None = None
-            for attempt in range(self._attempts):
-                if last is not None:
-                    delay = min(self._max_backoff, self._backoff * 2 ** (attempt - 1))
-                    delay = random.uniform(delay / 2, delay)
-                    if last.retry_after is not None:
-                        delay = min(max(delay, last.retry_after), self._max_backoff * 3)
-                    self.retries += 1
-                    await self._sleep(delay)
-                try:
-                    return await self._fetch_once(url, rel_path, dest, output_index=output_index, label=label)
-                except _Retryable as e:
-                    last = e
-            assert last is not None
-            raise DownloadError(
-                f"download of {_describe(url)} failed after {self._attempts} attempts: {last}"
-            ) from None
+            cap = _TotalCap(self._total_timeout)
+            try:
+                async with asyncio.timeout(None) as timeout:
+                    cap.bind(timeout)
+                    return await self._attempts_of(url, rel_path, dest, cap, output_index=output_index, label=label)
+            except TimeoutError:
+                if not timeout.expired():
+                    raise
+                raise DownloadError(
+                    f"download of {_describe(url)} did not finish within {cap.allowed():.3g} s "
+                    "(the total time cap of one download)"
+                ) from None
+
+    async def _attempts_of(
+        self, url: str, rel_path: str, dest: Path, cap: _TotalCap, *, output_index: int, label: str
+    ) -> DownloadRecord:
+        last: _Retryable | None = None
+        for attempt in range(self._attempts):
+            if last is not None:
+                delay = min(self._max_backoff, self._backoff * 2 ** (attempt - 1))
+                delay = random.uniform(delay / 2, delay)
+                if last.retry_after is not None:
+                    delay = min(max(delay, last.retry_after), self._max_backoff * 3)
+                self.retries += 1
+                await self._sleep(delay)
+            try:
+                return await self._fetch_once(url, rel_path, dest, cap, output_index=output_index, label=label)
+            except _Retryable as e:
+                last = e
+        assert last is not None
+        raise DownloadError(f"download of {_describe(url)} failed after {self._attempts} attempts: {last}") from None
 
     async def _fetch_once(
-        self, url: str, rel_path: str, dest: Path, *, output_index: int, label: str
+        self, url: str, rel_path: str, dest: Path, cap: _TotalCap, *, output_index: int, label: str
     ) -> DownloadRecord:
         where = _describe(url)
         try:
@@ -344,8 +399,10 @@ class Downloader:
                         final_rel = rel_path + ext
                         dest = await asyncio.to_thread(prepare_output_path, self.base_dir, final_rel)
                 expected = resp.headers.get("content-length")
+                if expected is not None and expected.isdigit():
+                    cap.grow(int(expected))
                 return await self._write_stream(
-                    resp, dest, url=url, expected=expected, output_index=output_index, label=label
+                    resp, dest, cap, url=url, expected=expected, output_index=output_index, label=label
                 )
         except httpx.TransportError as e:
             raise _Retryable(f"{e.__class__.__name__} from {where}") from None
@@ -354,6 +411,7 @@ class Downloader:
         self,
         resp: httpx.Response,
         dest: Path,
+        cap: _TotalCap,
         *,
         url: str,
         expected: str | None,
@@ -373,6 +431,7 @@ class Downloader:
                         raise DownloadError(f"download of {_describe(url)} exceeds {self._max_bytes} bytes")
                     h.update(chunk)
                     f.write(chunk)
+                    cap.grow(size)
                 if expected is not None and expected.isdigit() and int(expected) != size:
                     raise _Retryable(f"short body from {_describe(url)}: {size} of {expected} bytes")
                 f.flush()

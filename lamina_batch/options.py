@@ -21,6 +21,7 @@ __all__ = [
     "BatchOptions",
     "PipelineSource",
     "apply_options",
+    "download_timeout",
     "listen_address",
     "load_for",
     "prepare_pipeline",
@@ -62,6 +63,9 @@ class BatchOptions:
     # SIGINT/SIGTERM stop new starts and record in-flight runs (a second one ends the process at once, with
     # 128 + the signal's number). Off by default: a library leaves the process's signals to its host.
     handle_signals: bool = False
+    # the total time cap of one output download ("10m"; seconds as a number); None: 120 s plus the time its size
+    # takes at 64 KiB/s. The gap between two bytes is capped separately (120 s).
+    download_timeout: float | str | None = None
 
     @property
     def shard_pair(self) -> tuple[int, int] | None:
@@ -74,6 +78,7 @@ def prepare_pipeline(source: PipelineSource, options: BatchOptions) -> Pipeline:
     checked (OptionError) before any row is read or any request sent."""
     pipeline = apply_options(load_for(source, options), options)
     _check_reports(options.reports)
+    download_timeout(options)
     return pipeline
 
 
@@ -130,6 +135,19 @@ def apply_options(pipeline: Pipeline, options: BatchOptions) -> Pipeline:
     if not changes:
         return pipeline
     return dataclasses.replace(pipeline, run=dataclasses.replace(pipeline.run, **changes))
+
+
+def download_timeout(options: BatchOptions) -> float | None:
+    """`download_timeout` in seconds (None: the size-scaled default); OptionError unless a positive duration."""
+    from .spec import parse_duration
+
+    value = options.download_timeout
+    if value is None:
+        return None
+    seconds = _parsed(parse_duration, value, "download_timeout", "90s, 15m, 2h")
+    if seconds <= 0:
+        raise OptionError("{0} must be more than 0 seconds", "download_timeout")
+    return seconds
 
 
 def listen_address(listen: str | tuple[str, int]) -> tuple[str, int]:

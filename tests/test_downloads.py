@@ -5,12 +5,25 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import signal
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
+from drip_files import DripFiles
+from helpers import (
+    assert_exactly_once,
+    cli_env,
+    manifest_path,
+    read_only,
+    run_cli,
+    start_cli,
+    wait_for,
+    wait_for_async,
+    write_pipeline,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,6 +34,7 @@ from lamina_batch.downloads import (
     prepare_output_path,
     safe_output_path,
 )
+from lamina_batch.emulator import Emulator
 from lamina_batch.errors import DownloadError, UnsafePathError
 from lamina_batch.models import DownloadRecord, RunOutput
 
@@ -446,3 +460,121 @@ def test_write_text_atomic_and_recorded(tmp_path: Path) -> None:
     )
     assert leftovers(tmp_path) == []
     assert not (tmp_path.parent / "x.txt").exists()
+
+
+# --------------------------------------------------------------------------- stalled servers (issue 19, item 2)
+
+
+def test_a_dripping_download_ends_at_its_total_time_cap(tmp_path: Path) -> None:
+    """A server that sends one byte a second (never a gap long enough for the gap timeout) is cut off by the
+    total cap: DownloadError naming it, no partial file, nothing written."""
+
+    async def go() -> None:
+        with DripFiles(gap=1.0) as drip:
+            async with Downloader(tmp_path, total_timeout=0.5) as dl:
+                with pytest.raises(DownloadError, match=r"did not finish within 0\.5 s"):
+                    await dl.fetch(f"{drip.url}/files/r1/0.png", "out/a.png", output_index=0, label="Hero")
+            assert drip.requests == 1  # a cap is not retried
+
+    run(go())
+    assert leftovers(tmp_path) == []
+    assert not (tmp_path / "out" / "a.png").exists()
+
+
+def test_a_cancelled_download_leaves_no_partial_file(tmp_path: Path) -> None:
+    """Cancelling a fetch mid-body (what a stop does) removes its temporary file at once and records nothing."""
+
+    async def go() -> None:
+        with DripFiles(gap=1.0) as drip:
+            async with Downloader(tmp_path) as dl:
+                task = asyncio.create_task(
+                    dl.fetch(f"{drip.url}/files/r1/0.png", "out/a.png", output_index=0, label="Hero")
+                )
+                await wait_for_async(lambda: leftovers(tmp_path), what="the partial file")
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+
+    run(go())
+    assert leftovers(tmp_path) == []
+    assert not (tmp_path / "out" / "a.png").exists()
+
+
+def test_the_default_total_cap_grows_with_the_announced_size(tmp_path: Path) -> None:
+    """Without a set cap a download gets the base time plus its Content-Length at the default pace: a whole body
+    arriving (released) completes and is recorded with its size and sha256."""
+
+    async def go() -> DownloadRecord:
+        with DripFiles(size=300_000, gap=0.01) as drip:
+            async with Downloader(tmp_path) as dl:
+                task = asyncio.create_task(
+                    dl.fetch(f"{drip.url}/files/r1/0.png", "out/a.png", output_index=0, label="Hero")
+                )
+                await wait_for_async(drip.dripping.is_set, what="the body to begin")
+                drip.release()
+                record = await task
+                assert record.sha256 == hashlib.sha256(drip.body).hexdigest()
+                return record
+
+    record = run(go())
+    assert record.size == 300_000
+    assert leftovers(tmp_path) == []
+
+
+def test_a_total_cap_must_be_positive(tmp_path: Path) -> None:
+    """A zero or negative total cap is a programming error, refused when the downloader is made."""
+    with pytest.raises(ValueError, match="total_timeout"):
+        Downloader(tmp_path, total_timeout=0)
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stalled_download_yields_to_a_signal_and_the_resume_fetches_it(
+    sig: signal.Signals, code: int, tmp_path: Path, make_emulator: Callable[..., Emulator]
+) -> None:
+    """The real CLI downloading from a server that drips one byte a second: SIGINT/SIGTERM ends it with 130/143
+    (within the test's 20 s, not the gap timeout's 120 s), the partial file is gone and no file is recorded; the
+    resume fetches the file and starts nothing again."""
+    with DripFiles(gap=1.0) as drip:
+        emu = make_emulator(files_base_url=drip.url)
+        pipeline = write_pipeline(tmp_path, 1, banner=False, download=True)
+        env = cli_env(emu)
+        out = tmp_path / "out"
+        proc = start_cli(pipeline, env)
+        try:
+            wait_for(lambda: out.exists() and leftovers(out), 60, "a partial download")
+            proc.send_signal(sig)
+            _, err = proc.communicate(timeout=20)  # a hang past this is the failure
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate(timeout=20)
+        assert proc.returncode == code, err
+        assert "Traceback" not in err
+        assert leftovers(out) == []
+        assert not (out / "S000" / "hero.png").exists()
+        with read_only(manifest_path(pipeline)) as db:
+            assert db.execute("SELECT state, downloads_json FROM runs").fetchall() == [("completed", "[]")]
+        drip.release()
+        final = run_cli(pipeline, env)
+        assert final.returncode == 0, final.stderr
+        assert (out / "S000" / "hero.png").read_bytes() == drip.body
+        assert drip.requests == 2
+        assert_exactly_once(emu, 1)
+
+
+def test_download_timeout_flag_caps_a_dripping_download(tmp_path: Path, make_emulator: Callable[..., Emulator]) -> None:
+    """`run --download-timeout 1s` against a dripping server: the download fails on its cap (exit 1, the run kept
+    completed, no partial file), and a resume once the server is sound fetches it (exit 0)."""
+    with DripFiles(gap=1.0) as drip:
+        emu = make_emulator(files_base_url=drip.url)
+        pipeline = write_pipeline(tmp_path, 1, banner=False, download=True)
+        env = cli_env(emu)
+        capped = run_cli(pipeline, env, "--download-timeout", "1s")
+        assert capped.returncode == 1, capped.stderr
+        assert "Traceback" not in capped.stderr
+        assert leftovers(tmp_path) == []
+        drip.release()
+        final = run_cli(pipeline, env)
+        assert final.returncode == 0, final.stderr
+        assert (tmp_path / "out" / "S000" / "hero.png").read_bytes() == drip.body
+        assert_exactly_once(emu, 1)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import cli_env, run_cli, write_pipeline
 from manifest_helpers import NAME, child, make_run
 
+from lamina_batch.emulator import Emulator
 from lamina_batch.errors import ManifestError, ManifestLockedError
 from lamina_batch.manifest import Manifest
 from lamina_batch.models import RunState
@@ -109,3 +114,99 @@ def test_manifest_of_another_pipeline_is_refused(mpath: Path) -> None:
         assert f"'{NAME}'" in text
         assert "--manifest" in text
         assert "delete" in text
+
+
+_MOUNT_READ_ONLY = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" "$1" && shift && exec "$@"'
+
+
+def _read_only(folder: Path, *argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`argv` run with `folder` mounted read-only for it alone (a private user and mount namespace: works as root,
+    and without root where user namespaces are allowed)."""
+    return subprocess.run(
+        ["unshare", "-rm", "sh", "-c", _MOUNT_READ_ONLY, "sh", str(folder), *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def read_only_media(tmp_path: Path) -> None:
+    """Skips the test where a private read-only mount cannot be made."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    if shutil.which("unshare") is None or _read_only(probe, "sh", "-c", f"! touch {probe}/x").returncode != 0:
+        pytest.skip("needs unshare -rm and mount (user and mount namespaces) for a read-only mount")
+
+
+def _lamina(pipeline: Path, command: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "lamina_batch", command, str(pipeline), *args]
+
+
+@pytest.mark.usefixtures("read_only_media")
+def test_status_plan_and_report_read_a_manifest_on_read_only_media(
+    tmp_path: Path, make_emulator: Callable[..., Emulator]
+) -> None:
+    """On a read-only mount (no `-shm` can be created) status, plan and report read the manifest and work; none
+    calls it foreign."""
+    emu = make_emulator()
+    pipeline = write_pipeline(tmp_path / "probe", 2, banner=False)
+    done = run_cli(pipeline, cli_env(emu))
+    assert done.returncode == 0, done.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LAMINA_")}
+    report = tmp_path / "report.csv"  # outside the read-only folder
+    for command, *args in (["status"], ["plan"], ["report", "--format", "csv", "-o", str(report)]):
+        proc = _read_only(pipeline.parent, *_lamina(pipeline, command, *args), env=env)
+        assert proc.returncode == 0, (command, proc.stderr)
+        assert "not a lamina-batch manifest" not in proc.stderr
+    assert "S001" in report.read_text(encoding="utf-8")
+    assert not (pipeline.parent / "pipeline.lamina.sqlite-shm").exists()
+
+
+@pytest.mark.usefixtures("read_only_media")
+def test_a_write_ahead_log_on_read_only_media_is_named_with_the_fix(tmp_path: Path) -> None:
+    """A manifest whose writer was killed leaves writes in its `-wal`; on read-only media without its `-shm` the
+    reader cannot use that log, and says so and how to read it instead of showing the file without them."""
+    folder = tmp_path / "probe"
+    mpath = folder / "pipeline.lamina.sqlite"
+    proc = child(
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from lamina_batch.manifest import Manifest\n"
+        "from manifest_helpers import make_run\n"
+        f"m = Manifest.open({str(mpath)!r}, pipeline_name={NAME!r}, writer=True)\n"
+        "m.ensure_planned(make_run(1))\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    proc.communicate(timeout=20)
+    assert proc.returncode == -9
+    assert mpath.with_name(mpath.name + "-wal").stat().st_size > 0
+    mpath.with_name(mpath.name + "-shm").unlink()
+    code = (
+        "import sys\n"
+        "from lamina_batch.errors import ManifestError\n"
+        "from lamina_batch.manifest import Manifest\n"
+        "try:\n"
+        f"    Manifest.open({str(mpath)!r}, pipeline_name={NAME!r}, writer=False)\n"
+        "except ManifestError as e:\n"
+        "    sys.exit(str(e))\n"
+    )
+    reader = _read_only(folder, sys.executable, "-c", code)
+    assert reader.returncode == 1
+    assert "-wal" in reader.stderr
+    assert "writable storage" in reader.stderr
+    assert "not a lamina-batch manifest" not in reader.stderr
+
+
+def test_an_io_error_is_named_and_never_called_a_foreign_manifest(mpath: Path) -> None:
+    """A manifest path SQLite cannot read (here a folder: an I/O error even for root) is reported as an I/O
+    problem with SQLite's own words, never as 'not a lamina-batch manifest'."""
+    mpath.mkdir()
+    for writer_mode in (False, True):
+        with pytest.raises(ManifestError) as info:
+            Manifest.open(mpath, pipeline_name=NAME, writer=writer_mode)
+        text = str(info.value)
+        assert "not a lamina-batch manifest" not in text
+        assert "cannot" in text

@@ -151,3 +151,35 @@ def test_merge_refuses_a_dest_in_use(tmp_path: Path) -> None:
     dest = tmp_path / "all.sqlite"
     with Manifest.open(dest, pipeline_name=NAME, writer=True), pytest.raises(ManifestLockedError):
         merge_manifests([a], dest)
+
+
+def test_merge_of_overlapping_manifests_names_the_runs_paid_twice_and_keeps_the_dropped(tmp_path: Path) -> None:
+    """Two sources that ran the same identity as different remote runs: the summary counts the identity once as
+    run more than once and names the dropped remote run; the merged history notes it and keeps its remote id."""
+
+    def run_as(remote: str, n: int = 1) -> Callable[[Manifest], object]:
+        def build(m: Manifest) -> None:
+            m.begin_attempt(make_run(n), {})
+            m.set_remote_id(f"hero-{n}", remote)
+            m.finish(f"hero-{n}", RunState.COMPLETED)
+
+        return build
+
+    a = shard(tmp_path / "a.sqlite", run_as("ra"))
+    b = shard(tmp_path / "b.sqlite", run_as("rb"), start=100)  # later: b's completed row wins the tie
+    c = shard(tmp_path / "c.sqlite", run_as("rc", n=2))
+    dest = tmp_path / "all.sqlite"
+    summary = merge_manifests([a, b, c], dest)
+    assert summary.run_more_than_once == 1
+    assert [(d.identity, d.remote_id, d.state, d.source, d.kept) for d in summary.dropped] == [
+        ("hero-1", "ra", "completed", str(a), "rb")
+    ]
+    with Manifest.open(dest, pipeline_name=NAME, writer=False, create=False) as m:
+        rec = m.get("hero-1")
+        assert rec is not None
+        assert rec.remote_id == "rb"
+        notes = [t.detail for t in m.transitions("hero-1") if t.detail and t.detail.startswith("merge:")]
+        assert notes == [f"merge: dropped remote run ra (completed in {a}); kept rb"]
+        assert m.known_remote_ids("app_7Hk2") == {"ra", "rb", "rc"}
+    again = merge_manifests([dest, c], tmp_path / "again.sqlite")  # the same remote run twice is no overlap
+    assert (again.run_more_than_once, again.dropped) == (0, ())

@@ -282,3 +282,62 @@ def test_merge_refuses_a_manifest_of_another_pipeline(
     assert "beta" in lines[0]
     assert "Traceback" not in captured.err
     assert not dest.exists()
+
+
+def test_merge_of_two_shards_and_a_full_run_reports_the_overlap_end_to_end(
+    tmp_path: Path, make_emulator: MakeEmulator
+) -> None:
+    """Two shards and a full run of the same rows (other remote runs): `merge` through the CLI warns how many runs
+    were paid for more than once and names every dropped remote run; the merged manifest keeps them in its
+    history and among its remote ids, and `status` reads it as complete."""
+    import subprocess
+    import sys
+
+    from helpers import cli_env, run_cli, write_pipeline
+
+    emu = make_emulator()
+    pipeline = write_pipeline(tmp_path, 4, banner=False)
+    env = cli_env(emu)
+    full = tmp_path / "full.sqlite"
+    for i in (1, 2):
+        done = run_cli(pipeline, env, "--shard", f"{i}/2")
+        assert done.returncode == 0, done.stderr
+    a, b = (next(tmp_path.glob(f"*shard-{i}-of-2*.sqlite")) for i in (1, 2))
+    done = run_cli(pipeline, env, "--manifest", str(full))
+    assert done.returncode == 0, done.stderr
+    assert emu.stats.starts == 8  # every row paid for twice
+    merged = tmp_path / "all.sqlite"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lamina_batch", "merge", str(a), str(b), str(full), "-o", str(merged)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "4 runs were started in more than one source manifest" in proc.stderr
+    assert "4 remote runs were dropped" in proc.stderr
+    with Manifest.open(merged, pipeline_name=None, writer=False, create=False) as m:
+        kept = {r.remote_id for r in m.iter_runs()}
+        every = m.known_remote_ids("app_7Hk2")
+        assert len(kept) == 4
+        assert len(every) == 8
+        for remote_id in every - kept:
+            assert f"  {remote_id} (completed in " in proc.stderr
+        notes = [
+            t.detail
+            for r in m.iter_runs()
+            for t in m.transitions(r.identity)
+            if t.detail and t.detail.startswith("merge: dropped remote run ")
+        ]
+        assert len(notes) == 4
+    status = subprocess.run(
+        [sys.executable, "-m", "lamina_batch", "status", str(pipeline), "--manifest", str(merged)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert status.returncode == 0, status.stderr

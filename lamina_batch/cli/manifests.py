@@ -86,4 +86,16 @@ def cmd_merge(args: argparse.Namespace, out: Out) -> int:
             raise UsageError(f"{src}: no such manifest")
     summary = merge_manifests(args.sources, args.output)
     out.result(f"merged {len(args.sources)} manifests into {args.output}: {summary.runs} runs")
+    if summary.run_more_than_once:
+        out.err(
+            f"warning: {summary.run_more_than_once} runs were started in more than one source manifest (paid for "
+            f"more than once); {len(summary.dropped)} remote runs were dropped, kept in the merged history:"
+        )
+        for d in summary.dropped[:_SHOWN_DROPPED]:
+            out.err(f"  {d.remote_id} ({d.state} in {d.source}), run {d.identity}; kept {d.kept or 'none'}")
+        if len(summary.dropped) > _SHOWN_DROPPED:
+            out.err(f"  ... and {len(summary.dropped) - _SHOWN_DROPPED} more (see the runs' transitions)")
     return EXIT_OK
+
+
+_SHOWN_DROPPED = 20

@@ -54,6 +54,12 @@ def register(commands: Commands) -> None:
     r.add_argument("--listen", type=listen_flag, metavar="HOST:PORT", help="where the webhook receiver binds")
     r.add_argument("--output-dir", type=Path, help="where downloads go (default: the pipeline's folder)")
     r.add_argument(
+        "--download-timeout",
+        type=duration_flag,
+        metavar="DURATION",
+        help="total time cap of one output download (default: 120s plus 1s per 64 KiB of the file)",
+    )
+    r.add_argument(
         "--report",
         dest="reports",
         type=report_flag,

@@ -211,6 +211,9 @@ class EmulatorConfig:
     outage_drop: bool = False
     max_body_bytes: int = 4 * 1024 * 1024
     oauth: OAuthConfig | None = None  # None: only the static key is accepted
+    # where output URLs point (`{files_base_url}/files/{run}/{n}.png`); None: this emulator serves them. Tests point
+    # them at a hostile file server (a drip, a stall) to exercise downloads.
+    files_base_url: str | None = None
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> EmulatorConfig:
@@ -250,6 +253,7 @@ _TOP_KEYS = {
     "webhook_user_id",
     "outage_drop",
     "oauth",
+    "files_base_url",
 }
 
 
@@ -292,7 +296,7 @@ def _parse_doc(doc: dict[str, Any], file: str) -> dict[str, Any]:
     if unknown:
         raise err(unknown[0], f"unknown key (known: {', '.join(sorted(_TOP_KEYS))})")
     out: dict[str, Any] = {}
-    for k in ("host", "key", "webhook_user_id"):
+    for k in ("host", "key", "webhook_user_id", "files_base_url"):
         if k in doc:
             out[k] = _str(doc[k], k, err)
     for k in ("port", "seed"):

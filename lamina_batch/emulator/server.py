@@ -330,7 +330,7 @@ class EmulatorCore:
             id_field: run.id,
             "status": run.status(now),
             "createdAt": iso(run.created),
-            "outputs": run.outputs_body("queued", self.base_url),
+            "outputs": run.outputs_body("queued", self._files_base),
         }
         return json_reply(202, {"data": data}, h)
 
@@ -387,8 +387,12 @@ class EmulatorCore:
         if len(self._active) > self.stats.peak_active:
             self.stats.peak_active = len(self._active)
 
+    @property
+    def _files_base(self) -> str:
+        return (self.config.files_base_url or self.base_url).rstrip("/")
+
     def _body(self, run: Run, now: float, id_field: str) -> dict[str, Any]:
-        return run.body(now, id_field, self.base_url)
+        return run.body(now, id_field, self._files_base)
 
     def _status(self, run_id: str, id_field: str, h: tuple[tuple[str, str], ...]) -> Reply:
         run = self._runs.get(run_id)
@@ -409,7 +413,7 @@ class EmulatorCore:
         now = time.time()
         if run.status(now) in TERMINAL:
             return json_reply(200, {"data": self._body(run, now, "runId")}, h)
-        body = await_terminal(run, min(timeout, run.end_at - now), timeout, self.base_url)
+        body = await_terminal(run, min(timeout, run.end_at - now), timeout, self._files_base)
         return _reply_later(body, h)
 
     def _cancel(self, run_id: str, h: tuple[tuple[str, str], ...]) -> Reply:

@@ -20,6 +20,7 @@ from lamina_batch.times import parse_timestamp
 from .context import BatchContext, finished
 from .follow import Durations
 from .outcomes import Outcome
+from .scope import Interrupted
 
 if TYPE_CHECKING:
     from lamina_batch.downloads import Downloader
@@ -106,11 +107,15 @@ class Completer:
             for d in valid.values():
                 self._manifest.add_download(run.identity, d)
         errors: list[str] = []
+        scope = self._ctx.scope
         for index, output in wanted:
             if index in valid:
                 continue
             try:
-                record = await self._fetch(run, output, index, upstream)
+                # a signal abandons the download: its partial file goes, nothing is recorded, a resume fetches it
+                record = await scope.until(self._fetch(run, output, index, upstream), scope.hard)
+            except Interrupted:
+                break
             except (DownloadError, TemplateError) as e:
                 errors.append(f"download of output '{output.label}' failed: {e}")
                 self._ctx.emit(DownloadFailed(run.identity, run.step_id, run.item.row_number, output.label, str(e)))

@@ -11,7 +11,7 @@ from lamina_batch.times import utcnow_iso
 
 from .api import Manifest
 from .commit import GROUP_COMMIT_DELAY, Durability
-from .merge import MergeSummary, merge_manifests
+from .merge import DroppedRun, MergeSummary, merge_manifests
 from .records import Transition
 from .schema import SCHEMA_VERSION
 
@@ -19,6 +19,7 @@ __all__ = [
     "GROUP_COMMIT_DELAY",
     "MANIFEST_SUFFIX",
     "SCHEMA_VERSION",
+    "DroppedRun",
     "Durability",
     "Manifest",
     "MergeSummary",

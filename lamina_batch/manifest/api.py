@@ -52,18 +52,16 @@ class Manifest(Reader):
         """
         path = Path(path)
         if writer:
-            conn, name, lock_fd = files.open_writer(path, pipeline_name, create=create)
+            conn, name, lock = files.open_writer(path, pipeline_name, create=create)
             return cls(
-                path, conn, pipeline_name=name, writer=True, lock_fd=lock_fd, clock=clock, schema_version=SCHEMA_VERSION
+                path, conn, pipeline_name=name, writer=True, lock=lock, clock=clock, schema_version=SCHEMA_VERSION
             )
         opened = files.open_reader(path, pipeline_name, create=create)
         if opened is None:
             conn = files.empty_connection(pipeline_name)
-            return cls(
-                path, conn, pipeline_name=pipeline_name, writer=False, lock_fd=None, clock=clock, schema_version=0
-            )
+            return cls(path, conn, pipeline_name=pipeline_name, writer=False, lock=None, clock=clock, schema_version=0)
         conn, name, version = opened
-        return cls(path, conn, pipeline_name=name, writer=False, lock_fd=None, clock=clock, schema_version=version)
+        return cls(path, conn, pipeline_name=name, writer=False, lock=None, clock=clock, schema_version=version)
 
     # ----------------------------------------------------------------- planning
 

@@ -1,35 +1,55 @@
 """`merge_manifests`: shard manifests combined into one new file, written atomically under the destination's
-writer lock; where shards hold the same run, the more advanced state wins."""
+writer lock; where shards hold the same run, the more advanced state wins. Where sources ran the same identity as
+different remote runs (overlapping shards: paid more than once), the runs that lost are named in the summary and
+kept in the merged history (a transition note each, and their remote ids)."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from lamina_batch.errors import ManifestError
+from lamina_batch.times import utcnow_iso
 from lamina_batch.verdicts import copy_verdicts
 
 from .api import Manifest
-from .files import acquire_lock, connect, fsync_dir
+from .files import connect, fsync_dir
+from .lock import acquire_lock
 from .records import SELECT_RUNS, dumps
 from .schema import RUN_COLUMNS, apply_migrations
 
-__all__ = ["MergeSummary", "merge_manifests"]
+__all__ = ["DroppedRun", "MergeSummary", "merge_manifests"]
+
+
+@dataclass(frozen=True)
+class DroppedRun:
+    """A remote run a source recorded for an identity whose merged row kept another remote run."""
+
+    identity: str
+    remote_id: str
+    state: str  # its state in that source
+    source: str  # the source manifest's path
+    kept: str | None  # the remote run the merged manifest keeps for the identity
 
 
 @dataclass(frozen=True)
 class MergeSummary:
-    """What `merge_manifests` wrote. `conflicts`: rows dropped because another source had the same identity."""
+    """What `merge_manifests` wrote. `conflicts`: rows dropped because another source had the same identity.
+    `run_more_than_once`: identities that sources ran as different remote runs (each one paid for);
+    `dropped`: those remote runs that the merged rows do not keep (noted in their history)."""
 
     runs: int
     conflicts: int
     sources: int
     transitions: int = 0
     webhooks: int = 0
+    run_more_than_once: int = 0
+    dropped: tuple[DroppedRun, ...] = ()
 
 
 _RANK = (
@@ -84,11 +104,11 @@ def merge_manifests(sources: Sequence[Path | str], dest: Path | str) -> MergeSum
                     "only shards of one pipeline can be merged"
                 )
         # hold dest's writer lock while replacing it, so no batch is writing the file we swap out
-        lock_fd = acquire_lock(dest)
+        lock = acquire_lock(dest)
         try:
             return _build_merge(opened, dest, name)
         finally:
-            os.close(lock_fd)
+            lock.close()
     finally:
         for m in opened:
             m.close()
@@ -106,10 +126,16 @@ def _build_merge(sources: Sequence[Manifest], dest: Path, name: str | None) -> M
             conn.execute("PRAGMA synchronous = OFF")
             apply_migrations(conn, 0, pipeline_name=name)
             total = transitions = 0
+            # every remote run a source's rows hold, to find the identities run more than once (not in the file)
+            conn.execute("CREATE TEMP TABLE seen (identity TEXT, remote_id TEXT, state TEXT, source INTEGER)")
             conn.execute("BEGIN IMMEDIATE")
-            for src in sources:
+            for index, src in enumerate(sources):
                 with src._read() as s:
                     total += s.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+                    conn.executemany(
+                        f"INSERT INTO temp.seen VALUES (?, ?, ?, {index})",  # noqa: S608
+                        s.execute("SELECT identity, remote_id, state FROM runs WHERE remote_id IS NOT NULL"),
+                    )
                     conn.executemany(_MERGE_UPSERT, s.execute(SELECT_RUNS + " ORDER BY row_number, rowid"))
                     before = conn.total_changes
                     conn.executemany(
@@ -126,6 +152,8 @@ def _build_merge(sources: Sequence[Manifest], dest: Path, name: str | None) -> M
                         s.execute("SELECT request_id, run_id, status, received_at FROM webhooks"),
                     )
                     copy_verdicts(s, conn)
+            more_than_once, dropped = _overlaps(conn, [str(m.path) for m in sources])
+            transitions += len(dropped)
             conn.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('merged_from', ?)",
                 (dumps([str(m.path) for m in sources]),),
@@ -141,8 +169,43 @@ def _build_merge(sources: Sequence[Manifest], dest: Path, name: str | None) -> M
             tmp.unlink()
         raise
     return MergeSummary(
-        runs=runs, conflicts=total - runs, sources=len(sources), transitions=transitions, webhooks=webhooks
+        runs=runs,
+        conflicts=total - runs,
+        sources=len(sources),
+        transitions=transitions,
+        webhooks=webhooks,
+        run_more_than_once=more_than_once,
+        dropped=dropped,
     )
+
+
+def _overlaps(conn: sqlite3.Connection, paths: Sequence[str]) -> tuple[int, tuple[DroppedRun, ...]]:
+    """(identities run as more than one remote run, the remote runs the merged rows dropped), each dropped run
+    noted in its identity's history and kept among the remote ids (a resume never adopts it as unaccounted)."""
+    more_than_once = conn.execute(
+        "SELECT COUNT(*) FROM (SELECT identity FROM temp.seen GROUP BY identity HAVING COUNT(DISTINCT remote_id) > 1)"
+    ).fetchone()[0]
+    rows = conn.execute(
+        "SELECT s.identity, s.remote_id, s.state, MIN(s.source), r.remote_id, r.state, r.app_id "
+        "FROM temp.seen s JOIN runs r ON r.identity = s.identity "
+        "WHERE s.remote_id IS NOT r.remote_id GROUP BY s.identity, s.remote_id ORDER BY r.row_number, s.identity"
+    ).fetchall()
+    at = utcnow_iso()
+    dropped: list[DroppedRun] = []
+    for identity, remote_id, state, source, kept, kept_state, app_id in rows:
+        run = DroppedRun(identity, remote_id, state, paths[source], kept)
+        dropped.append(run)
+        detail = f"merge: dropped remote run {remote_id} ({state} in {run.source}); kept {kept or 'none'}"
+        conn.execute(
+            "INSERT INTO transitions (identity, from_state, to_state, at, detail) VALUES (?, ?, ?, ?, ?)",
+            (identity, state, kept_state, at, detail),
+        )
+        conn.execute(
+            "INSERT OR IGNORE INTO remote_ids (remote_id, identity, app_id, at) VALUES (?, ?, ?, ?)",
+            (remote_id, identity, app_id, at),
+        )
+    conn.execute("DROP TABLE temp.seen")
+    return more_than_once, tuple(dropped)
 
 
 def _replace(tmp: Path, dest: Path) -> None:

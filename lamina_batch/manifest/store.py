@@ -4,7 +4,6 @@ commit of writes accepted with a weaker durability, and the one method through w
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ from lamina_batch.lifecycle import check_move
 from lamina_batch.models import RunState
 
 from .commit import Carried, GroupCommit
+from .lock import WriterLock
 
 __all__ = ["Clock", "Store"]
 
@@ -36,7 +36,7 @@ class Store:
         *,
         pipeline_name: str | None,
         writer: bool,
-        lock_fd: int | None,
+        lock: WriterLock | None,
         clock: Clock,
         schema_version: int,
     ) -> None:
@@ -44,7 +44,7 @@ class Store:
         self._conn = conn
         self._pipeline_name = pipeline_name
         self._writer = writer
-        self._lock_fd = lock_fd
+        self._lock = lock
         self._clock = clock
         self._schema_version = schema_version
         self._mutex = threading.RLock()
@@ -67,9 +67,9 @@ class Store:
             try:
                 self._conn.close()
             finally:
-                if self._lock_fd is not None:
-                    os.close(self._lock_fd)
-                    self._lock_fd = None
+                if self._lock is not None:
+                    self._lock.close()
+                    self._lock = None
 
     def __enter__(self) -> Self:
         return self
