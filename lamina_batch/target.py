@@ -13,11 +13,20 @@ from typing import TYPE_CHECKING
 from .errors import ConfigError
 
 if TYPE_CHECKING:
+    from .binding import Origin
     from .client import LaminaClient
     from .credentials import CredentialSource
     from .models import Dialect, Pipeline
 
-__all__ = ["DEFAULT_BASE_URL", "ApiTarget", "api_target", "make_client", "optional_api_target"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "ApiTarget",
+    "api_target",
+    "make_client",
+    "optional_api_target",
+    "target_origin",
+    "unreachable_as_config",
+]
 
 DEFAULT_BASE_URL = "https://app.uselamina.ai"
 
@@ -84,3 +93,34 @@ def make_client(target: ApiTarget, dialect: Dialect, pipeline: Pipeline | None =
         rate_cap=pipeline.run.rate_limit_explicit,
         max_connections=connections,
     )
+
+
+def target_origin(target: ApiTarget, pipeline: Pipeline) -> Origin:
+    """The origin a manifest made through `target` belongs to (binding.py)."""
+    from .binding import origin_for
+
+    return origin_for(target.base_url, pipeline.api, emulator=target.emulator)
+
+
+@contextlib.contextmanager
+def unreachable_as_config(base_url: str) -> Iterator[None]:
+    """Around requests made before anything started (the preflight): a server that cannot be reached or used
+    (connection refused, unknown host, TLS failure, a redirect, a reply that is not the API's) becomes an
+    UnreachableError, exit 2, naming the base URL (userinfo masked) and what to check. Answers that are the API's
+    own (a rejected key, 403, no credits) pass through."""
+    from .errors import ApiError, AuthError, BatchFatalError, EndpointError, Problem, RunFatalError, UnreachableError
+    from .wire import mask_url
+
+    try:
+        yield
+    except ApiError as e:
+        if isinstance(e, AuthError) or (
+            isinstance(e, BatchFatalError | RunFatalError) and not isinstance(e, EndpointError)
+        ):
+            raise
+        raise UnreachableError(
+            Problem(
+                f"cannot use the Lamina API at {mask_url(base_url)}: {e}",
+                hint="check LAMINA_BASE_URL, the network and any proxy, and that the server is up; nothing was started",
+            )
+        ) from e

@@ -356,7 +356,8 @@ def test_run_view_prints_notices_signal_stops_and_reports(capsys: pytest.Capture
 
 
 def test_progress_off_a_terminal_is_a_summary_line(capsys: pytest.CaptureFixture[str]) -> None:
-    """Without a terminal, progress is a `[ Ns] step done/total (bad)` line on stderr (forced here, else ~10 s)."""
+    """Without a terminal, progress is a `[ Ns] step done/total (failed), in flight, queued` line on stderr
+    (forced here, else on the timer)."""
     from lamina_batch import events as ev
     from lamina_batch.cli.common import Out
     from lamina_batch.cli.render import Progress
@@ -370,4 +371,7 @@ def test_progress_off_a_terminal_is_a_summary_line(capsys: pytest.CaptureFixture
     progress.tick(force=True)  # closed: nothing more
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1
-    assert lines[0].endswith("] hero 2/3 done (1 bad); banner 1/3 done (0 bad)")
+    assert (
+        "] hero 2/3 done (1 failed), 0 in flight, 1 queued; banner 1/3 done (0 failed), 0 in flight, 2 queued"
+        in (lines[0])
+    )
