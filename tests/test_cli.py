@@ -269,7 +269,7 @@ def test_every_run_flag_sets_the_batch_option_of_its_name() -> None:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     dests = {a.dest for a in sub.choices["run"]._actions if a.option_strings and a.dest != "help"}
     fields = {f.name for f in dataclasses.fields(BatchOptions)}
-    assert dests - fields == {"no_progress", "quiet", "verbose"}
+    assert dests - fields == {"no_progress", "progress_interval", "dry_run", "quiet", "verbose"}
 
 
 def test_a_command_group_is_a_module_with_register(capsys: pytest.CaptureFixture[str]) -> None:
