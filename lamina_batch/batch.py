@@ -222,7 +222,9 @@ async def _execute(prepared: _Prepared, options: BatchOptions, target: ApiTarget
         output_dir=output_dir,
         stop_reason=result.stop_reason,
         counts=result.counts,
-        not_started=result.not_started,
+        # a stop (signal, guard) leaves runs the executor never reached: they are not started too
+        not_started=result.not_started
+        + max(0, sum(totals.values()) - sum(result.counts.values()) - result.not_started),
         starts=result.starts,
         download_failures=result.download_failures,
         fatal_error=result.fatal_error,

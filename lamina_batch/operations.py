@@ -142,7 +142,8 @@ def recorded_folder(manifest: Manifest) -> Path | None:
         for d in rec.downloads:
             if d.folder and (newest is None or (rec.updated_at or "") >= newest[0]):
                 newest = (rec.updated_at or "", d.folder)
-    return None if newest is None else Path(newest[1])
+    # a folder from another machine (a merged CI manifest) is no help here: the caller falls back
+    return None if newest is None or not Path(newest[1]).is_dir() else Path(newest[1])
 
 
 def _check_apps(pipeline: Pipeline, digest: InputDigest, options: BatchOptions, shard: tuple[int, int] | None) -> None:

@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import assert_exactly_once, cli_env, run_cli, write_pipeline
+from helpers import assert_exactly_once, cli_env, run_cli, start_cli, wait_for, write_pipeline
 
 from lamina_batch.emulator import Emulator
 from lamina_batch.emulator.config import Faults
@@ -316,3 +317,17 @@ def test_status_exits_as_the_run_did_after_failed_downloads(tmp_path: Path, emul
     assert run_cli(pipeline, env).returncode == 0
     assert lb("status", str(pipeline), env=env).returncode == 0
     assert_exactly_once(emulator, 2)
+
+
+def test_the_interrupted_summary_counts_the_whole_plan(tmp_path: Path, make_emulator: Callable[..., Emulator]) -> None:
+    """A SIGINT mid-batch: the final line counts every planned run (48), the ones never started included."""
+    emu = make_emulator(duration=(3.0, 3.0))
+    pipeline = write_pipeline(tmp_path, 24, concurrency=2)
+    proc = start_cli(pipeline, cli_env(emu))
+    wait_for(lambda: emu.stats.starts >= 2, 20, "2 starts")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    line = next(x for x in err.splitlines() if "Interrupted" in x)
+    assert line.startswith("crash: 48 runs: ")
+    assert "not started" in line
