@@ -20,7 +20,7 @@ from .errors import ConfigError
 from .events import Event, Notice, PlanReady, ReportWritten, StopReason
 from .models import Pipeline, RunState
 from .options import BatchOptions, PipelineSource, listen_address, output_dir_for, prepare_pipeline
-from .target import ApiTarget, api_target, make_client, target_origin, unreachable_as_config
+from .target import ApiTarget, api_target, emulator_state_file, make_client, target_origin, unreachable_as_config
 
 if TYPE_CHECKING:
     from .client import LaminaClient
@@ -92,7 +92,7 @@ def run_batch(
     if _loop_running():
         raise RuntimeError("run_batch() was called inside a running event loop: use `await run_batch_async(...)`")
     prepared = _prepare(pipeline, options)
-    with api_target(options.emulator) as target:
+    with api_target(options.emulator, state_file=emulator_state_file(prepared.pipeline.manifest)) as target:
         return asyncio.run(_execute(prepared, options, target, on_event or _ignore))
 
 
@@ -103,7 +103,7 @@ async def run_batch_async(
     thread before the first await; `on_event` is called on it too."""
     options = options or BatchOptions()
     prepared = _prepare(pipeline, options)
-    with api_target(options.emulator) as target:
+    with api_target(options.emulator, state_file=emulator_state_file(prepared.pipeline.manifest)) as target:
         return await _execute(prepared, options, target, on_event or _ignore)
 
 

@@ -90,13 +90,13 @@ def cancel(pipeline: PipelineSource, options: BatchOptions | None = None) -> lis
     from .binding import check_origin
     from .manifest import Manifest
     from .planner import cancel_running
-    from .target import api_target, make_client, target_origin
+    from .target import api_target, emulator_state_file, make_client, target_origin
 
     options = options or BatchOptions()
     loaded = load_for(pipeline, options)
     if not loaded.manifest.exists():
         raise ManifestError(f"{loaded.manifest}: no manifest, so nothing to cancel")
-    with api_target(options.emulator) as target:
+    with api_target(options.emulator, state_file=emulator_state_file(loaded.manifest)) as target:
 
         async def go() -> list[tuple[str, str]]:
             async with make_client(target, loaded.api, loaded) as client:

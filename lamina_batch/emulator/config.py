@@ -211,6 +211,8 @@ class EmulatorConfig:
     outage_drop: bool = False
     max_body_bytes: int = 4 * 1024 * 1024
     oauth: OAuthConfig | None = None  # None: only the static key is accepted
+    # runs kept in this file (emulator/journal.py): a new emulator on it knows the runs of the one before
+    state_file: Path | None = None
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> EmulatorConfig:
