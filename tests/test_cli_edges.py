@@ -4,12 +4,15 @@ used, and `status` after failed downloads."""
 
 from __future__ import annotations
 
+import datetime
 import http.server
+import ipaddress
 import json
 import os
 import shlex
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -17,6 +20,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from helpers import assert_exactly_once, cli_env, run_cli, start_cli, wait_for, write_pipeline
 
 from lamina_batch.emulator import Emulator
@@ -331,3 +338,66 @@ def test_the_interrupted_summary_counts_the_whole_plan(tmp_path: Path, make_emul
     line = next(x for x in err.splitlines() if "Interrupted" in x)
     assert line.startswith("crash: 48 runs: ")
     assert "not started" in line
+
+
+def _self_signed_server_context(tmp_path: Path) -> ssl.SSLContext:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+def test_a_tls_verification_failure_exits_2_and_is_not_retried(tmp_path: Path, emulator: Emulator) -> None:
+    """An https base URL whose certificate is not trusted: exit 2 with one line saying so (nothing started),
+    after a single connection: a verification failure is not transient."""
+    context = _self_signed_server_context(tmp_path)
+    accepted: list[int] = []
+
+    class Server(http.server.ThreadingHTTPServer):
+        def get_request(self) -> tuple[socket.socket, object]:
+            sock, addr = super().get_request()
+            accepted.append(1)
+            return context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
+
+    server = Server(("127.0.0.1", 0), _Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        pipeline = write_pipeline(tmp_path, 2, banner=False)
+        base = f"https://127.0.0.1:{server.server_address[1]}"
+        res = run_cli(pipeline, cli_env(emulator, LAMINA_BASE_URL=base))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert res.returncode == 2, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "TLS certificate verification failed" in res.stderr
+    assert base in res.stderr
+    assert len(accepted) == 1
+
+
+def test_a_newline_in_the_base_url_is_one_line_exit_2(tmp_path: Path, emulator: Emulator) -> None:
+    """LAMINA_BASE_URL with a newline in it: one line naming the variable, exit 2, never an internal error."""
+    pipeline = write_pipeline(tmp_path, 2, banner=False)
+    res = run_cli(pipeline, cli_env(emulator, LAMINA_BASE_URL=emulator.base_url + "\nX-Evil: 1"))
+    assert res.returncode == 2
+    assert "LAMINA_BASE_URL" in res.stderr
+    assert "internal error" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
