@@ -122,6 +122,7 @@ def write_reports(
     emit: EventHandler,
     *,
     embed: bool = False,
+    not_started: int = 0,
 ) -> tuple[tuple[str, Path], ...]:
     """Write each (format, path) report from the manifest, files resolved against `base_dir`, emitting
     ReportWritten after each; a markdown report is also appended to `$GITHUB_STEP_SUMMARY` when that is set."""
@@ -138,6 +139,7 @@ def write_reports(
             records=manifest.iter_runs(),
             base_dir=base_dir,
             embed=embed,
+            not_started=not_started,
         )
         data = _with_card_fields(data, pipeline)
         write_report(fmt, data, path)
@@ -214,7 +216,10 @@ async def _execute(prepared: _Prepared, options: BatchOptions, target: ApiTarget
             finally:
                 if downloader is not None:
                     await downloader.aclose()
-            reports = write_reports(pipeline, manifest, options.reports, output_dir, emit)
+            # a stop (signal, guard) leaves runs the executor never reached: they are not started too
+            reached = sum(result.counts.values()) + result.not_started
+            not_started = result.not_started + max(0, sum(totals.values()) - reached)
+            reports = write_reports(pipeline, manifest, options.reports, output_dir, emit, not_started=not_started)
     return BatchResult(
         pipeline_name=pipeline.name,
         pipeline_path=pipeline.path,
@@ -222,9 +227,7 @@ async def _execute(prepared: _Prepared, options: BatchOptions, target: ApiTarget
         output_dir=output_dir,
         stop_reason=result.stop_reason,
         counts=result.counts,
-        # a stop (signal, guard) leaves runs the executor never reached: they are not started too
-        not_started=result.not_started
-        + max(0, sum(totals.values()) - sum(result.counts.values()) - result.not_started),
+        not_started=not_started,
         starts=result.starts,
         download_failures=result.download_failures,
         fatal_error=result.fatal_error,

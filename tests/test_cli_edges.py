@@ -222,7 +222,7 @@ def test_github_step_summary_and_annotations(tmp_path: Path, make_emulator: Call
     res = run_cli(pipeline, env, "--max-starts", "1")
     assert res.returncode == 3, res.stderr
     text = summary.read_text(encoding="utf-8")
-    assert "2 of 3 planned runs were never started" in text
+    assert "**2 planned runs were never started**" in text
     assert "::warning::" in res.stdout
     assert "hero" in res.stdout
     bad = pipeline.read_text(encoding="utf-8").replace("{{ row.name }}", "{{ row.nme }}")
@@ -401,3 +401,12 @@ def test_a_newline_in_the_base_url_is_one_line_exit_2(tmp_path: Path, emulator: 
     assert "LAMINA_BASE_URL" in res.stderr
     assert "internal error" not in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_the_markdown_report_of_a_stopped_run_counts_runs_never_started(tmp_path: Path, emulator: Emulator) -> None:
+    """`--max-starts 2 --report markdown=...` on 5 runs: the summary says 3 were never started (not "all done")."""
+    pipeline = write_pipeline(tmp_path, 5, banner=False)
+    report = tmp_path / "summary.md"
+    res = run_cli(pipeline, cli_env(emulator), "--max-starts", "2", "--report", f"markdown={report}")
+    assert res.returncode == 3, res.stderr
+    assert "**3 planned runs were never started**" in report.read_text(encoding="utf-8")

@@ -56,7 +56,7 @@ def append_step_summary(result: BatchResult) -> None:
 
     steps = [s.id for s in load_pipeline(result.pipeline_path).steps]
     with Manifest.open(result.manifest, pipeline_name=result.pipeline_name, writer=False) as manifest:
-        text = render_markdown(ReportInput(result.pipeline_name, steps, manifest.iter_runs(), result.output_dir))
-    if result.not_started:
-        text = text.rstrip("\n") + f"\n\n**{result.not_started} of {result.total} planned runs were never started.**\n"
-    append_github_summary(text)
+        data = ReportInput(
+            result.pipeline_name, steps, manifest.iter_runs(), result.output_dir, not_started=result.not_started
+        )
+        append_github_summary(render_markdown(data))
