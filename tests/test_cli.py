@@ -355,6 +355,23 @@ def test_run_view_prints_notices_signal_stops_and_reports(capsys: pytest.Capture
     ]
 
 
+def test_progress_line_counts_in_flight_and_queued_and_estimates_the_rest() -> None:
+    """Starts put runs in flight, finishes take them out; with some done, the line has a rate and an ETA
+    (elapsed / done x remaining)."""
+    from lamina_batch import events as ev
+    from lamina_batch.cli.common import Out
+    from lamina_batch.cli.render import Progress
+
+    progress = Progress(Out(), {"hero": 4}, enabled=False)
+    for i in range(3):
+        progress(ev.RunStarted(f"id{i}", "hero", i + 1, None, f"run_{i}", 1))
+    progress(ev.RunFinished("id0", "hero", 1, None, RunState.COMPLETED))
+    line = progress.summary(60.0)
+    assert line.startswith("hero 1/4 done (0 failed), 2 in flight, 1 queued; 3.0 starts/min")
+    assert line.endswith("ETA 3m00s")
+    progress.close()
+
+
 def test_progress_off_a_terminal_is_a_summary_line(capsys: pytest.CaptureFixture[str]) -> None:
     """Without a terminal, progress is a `[ Ns] step done/total (failed), in flight, queued` line on stderr
     (forced here, else on the timer)."""
