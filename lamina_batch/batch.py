@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .binding import bind_manifest
 from .errors import ConfigError
-from .events import Event, PlanReady, ReportWritten, StopReason
+from .events import Event, Notice, PlanReady, ReportWritten, StopReason
 from .models import Pipeline, RunState
-from .options import BatchOptions, PipelineSource, download_timeout, listen_address, prepare_pipeline
-from .target import ApiTarget, api_target, make_client
+from .options import BatchOptions, PipelineSource, download_timeout, listen_address, output_dir_for, prepare_pipeline
+from .target import ApiTarget, api_target, emulator_state_file, make_client, target_origin, unreachable_as_config
 
 if TYPE_CHECKING:
     from .client import LaminaClient
@@ -91,7 +92,7 @@ def run_batch(
     if _loop_running():
         raise RuntimeError("run_batch() was called inside a running event loop: use `await run_batch_async(...)`")
     prepared = _prepare(pipeline, options)
-    with api_target(options.emulator) as target:
+    with api_target(options.emulator, state_file=emulator_state_file(prepared.pipeline.manifest)) as target:
         return asyncio.run(_execute(prepared, options, target, on_event or _ignore))
 
 
@@ -102,7 +103,7 @@ async def run_batch_async(
     thread before the first await; `on_event` is called on it too."""
     options = options or BatchOptions()
     prepared = _prepare(pipeline, options)
-    with api_target(options.emulator) as target:
+    with api_target(options.emulator, state_file=emulator_state_file(prepared.pipeline.manifest)) as target:
         return await _execute(prepared, options, target, on_event or _ignore)
 
 
@@ -119,6 +120,9 @@ def write_reports(
     reports: Sequence[tuple[str, str | os.PathLike[str]]],
     base_dir: Path,
     emit: EventHandler,
+    *,
+    embed: bool = False,
+    not_started: int = 0,
 ) -> tuple[tuple[str, Path], ...]:
     """Write each (format, path) report from the manifest, files resolved against `base_dir`, emitting
     ReportWritten after each; a markdown report is also appended to `$GITHUB_STEP_SUMMARY` when that is set."""
@@ -134,6 +138,8 @@ def write_reports(
             step_ids=[s.id for s in pipeline.steps],
             records=manifest.iter_runs(),
             base_dir=base_dir,
+            embed=embed,
+            not_started=not_started,
         )
         data = _with_card_fields(data, pipeline)
         write_report(fmt, data, path)
@@ -177,8 +183,13 @@ def _prepare(source: PipelineSource, options: BatchOptions) -> _Prepared:
     pipeline = prepare_pipeline(source, options)
     shard = options.shard_pair
     digest = InputDigest()
-    validate_pipeline(pipeline, digest=digest, shard=shard)
-    output_dir = Path(options.output_dir or pipeline.path.parent).resolve()
+    summary = validate_pipeline(pipeline, digest=digest, shard=shard)
+    if summary.warnings and not options.allow_empty:
+        # a batch with nothing in it is never a silent success in CI (a subset or shard that is empty is fine)
+        raise ConfigError(
+            [dataclasses.replace(w, hint="or pass allow_empty (--allow-empty)") for w in summary.warnings]
+        )
+    output_dir = output_dir_for(pipeline, options)
     return _Prepared(pipeline, digest, shard, output_dir)
 
 
@@ -190,9 +201,10 @@ async def _execute(prepared: _Prepared, options: BatchOptions, target: ApiTarget
 
     pipeline = prepared.pipeline
     async with make_client(target, pipeline.api, pipeline) as client:
-        await _preflight(prepared, client)
+        await _preflight(prepared, client, target)
         output_dir = prepared.output_dir
         with Manifest.open(pipeline.manifest, pipeline_name=pipeline.name, writer=True) as manifest:
+            bind_manifest(manifest, target_origin(target, pipeline), lambda text: emit(Notice(text)))
             downloader = (
                 Downloader(output_dir, total_timeout=download_timeout(options))
                 if pipeline.download is not None
@@ -208,7 +220,10 @@ async def _execute(prepared: _Prepared, options: BatchOptions, target: ApiTarget
             finally:
                 if downloader is not None:
                     await downloader.aclose()
-            reports = write_reports(pipeline, manifest, options.reports, output_dir, emit)
+            # a stop (signal, guard) leaves runs the executor never reached: they are not started too
+            reached = sum(result.counts.values()) + result.not_started
+            not_started = result.not_started + max(0, sum(totals.values()) - reached)
+            reports = write_reports(pipeline, manifest, options.reports, output_dir, emit, not_started=not_started)
     return BatchResult(
         pipeline_name=pipeline.name,
         pipeline_path=pipeline.path,
@@ -216,7 +231,7 @@ async def _execute(prepared: _Prepared, options: BatchOptions, target: ApiTarget
         output_dir=output_dir,
         stop_reason=result.stop_reason,
         counts=result.counts,
-        not_started=result.not_started,
+        not_started=not_started,
         starts=result.starts,
         download_failures=result.download_failures,
         fatal_error=result.fatal_error,
@@ -225,14 +240,15 @@ async def _execute(prepared: _Prepared, options: BatchOptions, target: ApiTarget
     )
 
 
-async def _preflight(prepared: _Prepared, client: LaminaClient) -> None:
+async def _preflight(prepared: _Prepared, client: LaminaClient, target: ApiTarget) -> None:
     """One GET per step's app: the key is accepted, every app exists and takes the rendered inputs."""
     from .matrix import expand_runs
     from .preflight import check_apps
 
     pipeline = prepared.pipeline
     runs = expand_runs(pipeline, shard=prepared.shard)
-    problems = await check_apps(pipeline, client, runs, digest=prepared.digest)
+    with unreachable_as_config(target.base_url):
+        problems = await check_apps(pipeline, client, runs, digest=prepared.digest)
     if problems:
         raise ConfigError(problems)
 

@@ -9,6 +9,8 @@
     |   +-- CredentialsFileError          ~/.lamina/config.json unreadable or malformed, or cannot be written
     |   +-- PreflightError                the live app definitions refuse our inputs
     |   +-- OptionError                   a run option (`BatchOptions` field / `run` flag) is malformed
+    |   +-- UnreachableError              the API cannot be reached or used before anything started
+    |   +-- OriginMismatchError           the manifest belongs to another server (binding.py)
     +-- ManifestError                     the manifest is unreadable, corrupt or of another pipeline (exit 2)
     |   +-- ManifestLockedError           another process holds the writer lock (exit 3)
     |   +-- IllegalTransitionError        a state change the run lifecycle forbids (refused, nothing written)
@@ -121,6 +123,16 @@ class OptionError(ConfigError):
     def worded(self, name: Callable[[str], str]) -> str:
         """The message with every option named by `name(option)`."""
         return self.template.format(*(name(n) for n in self.names))
+
+
+class UnreachableError(ConfigError):
+    """Before anything started, the API at the base URL could not be reached or used: connection refused,
+    unknown host, TLS verification failure, a redirect, a reply that is not the API's. Nothing was started."""
+
+
+class OriginMismatchError(ConfigError):
+    """The manifest was made against another API origin (or the emulator): acting on it here would mix two
+    servers' runs. The message names both origins and the fix."""
 
 
 class ManifestError(LaminaBatchError):

@@ -310,9 +310,13 @@ FINISHED_STATES = frozenset(
 BAD_STATES = frozenset({RunState.FAILED, RunState.CANCELLED, RunState.TIMED_OUT, RunState.UNKNOWN})
 
 
+DOWNLOAD_FAILED = "DOWNLOAD_FAILED"  # the error_code of a completed run whose files could not all be written
+
+
 @dataclass(frozen=True)
 class DownloadRecord:
-    """One output file written to disk, as recorded in the manifest (path relative to the output dir)."""
+    """One output file written to disk, as recorded in the manifest (path relative to the output dir; `folder`,
+    the absolute output dir it was written under, so reports find it whatever `--output-dir` the run used)."""
 
     output_index: int
     label: str
@@ -320,6 +324,7 @@ class DownloadRecord:
     path: str
     size: int
     sha256: str
+    folder: str | None = None  # None: recorded before folders were (the pipeline's folder then)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from .options import BatchOptions, PipelineSource, load_for
 if TYPE_CHECKING:  # the others are imported where used: each command pays only for what it needs
     from .batch import EventHandler
     from .events import Event
+    from .manifest import Manifest
     from .matrix import InputDigest, ValidationSummary
     from .models import Pipeline
     from .planner import PlanReport, StatusReport
@@ -86,19 +87,21 @@ def cancel(pipeline: PipelineSource, options: BatchOptions | None = None) -> lis
     """Cancel every remote run the manifest still has running; (identity, outcome) per run. Blocks (call it in a
     thread from async code)."""
     from .batch import run_sync
+    from .binding import check_origin
     from .manifest import Manifest
     from .planner import cancel_running
-    from .target import api_target, make_client
+    from .target import api_target, emulator_state_file, make_client, target_origin
 
     options = options or BatchOptions()
     loaded = load_for(pipeline, options)
     if not loaded.manifest.exists():
         raise ManifestError(f"{loaded.manifest}: no manifest, so nothing to cancel")
-    with api_target(options.emulator) as target:
+    with api_target(options.emulator, state_file=emulator_state_file(loaded.manifest)) as target:
 
         async def go() -> list[tuple[str, str]]:
             async with make_client(target, loaded.api, loaded) as client:
                 with Manifest.open(loaded.manifest, pipeline_name=loaded.name, writer=True) as manifest:
+                    check_origin(manifest, target_origin(target, loaded))
                     return await cancel_running(loaded, manifest, client)
 
         return run_sync("cancel", go)
@@ -111,9 +114,11 @@ def report(
     options: BatchOptions | None = None,
     *,
     on_event: EventHandler | None = None,
+    embed: bool = False,
 ) -> Path:
     """Write one report (csv, jsonl, junit, html, markdown) from the manifest to `path`, downloaded files
-    resolved against the pipeline's folder; `on_event` gets its ReportWritten. Returns the path written."""
+    resolved against `options.output_dir`, else the folder the run recorded writing them to, else the pipeline's
+    folder; `embed` inlines the HTML gallery's images. `on_event` gets its ReportWritten. Returns the path."""
     from .batch import write_reports
     from .manifest import Manifest
 
@@ -124,21 +129,35 @@ def report(
             f"{loaded.manifest}: no manifest yet; start the batch with `lamina-batch run {_shown(pipeline)}`"
         )
     with Manifest.open(loaded.manifest, pipeline_name=loaded.name, writer=False) as manifest:
-        written = write_reports(loaded, manifest, [(fmt, path)], loaded.path.parent.resolve(), on_event or _ignore)
+        files = Path(options.output_dir).resolve() if options.output_dir is not None else recorded_folder(manifest)
+        base = files or loaded.path.parent.resolve()
+        written = write_reports(loaded, manifest, [(fmt, path)], base, on_event or _ignore, embed=embed)
     return written[0][1]
+
+
+def recorded_folder(manifest: Manifest) -> Path | None:
+    """The output folder the manifest's most recently written files went to (None: no file, or none recorded)."""
+    newest: tuple[str, str] | None = None
+    for rec in manifest.iter_runs():
+        for d in rec.downloads:
+            if d.folder and (newest is None or (rec.updated_at or "") >= newest[0]):
+                newest = (rec.updated_at or "", d.folder)
+    # a folder from another machine (a merged CI manifest) is no help here: the caller falls back
+    return None if newest is None or not Path(newest[1]).is_dir() else Path(newest[1])
 
 
 def _check_apps(pipeline: Pipeline, digest: InputDigest, options: BatchOptions, shard: tuple[int, int] | None) -> None:
     from .batch import run_sync
     from .matrix import expand_runs
     from .preflight import check_apps
-    from .target import api_target, make_client
+    from .target import api_target, make_client, unreachable_as_config
 
     with api_target(options.emulator) as target:
 
         async def go() -> list[Problem]:
             async with make_client(target, pipeline.api, pipeline) as client:
-                return await check_apps(pipeline, client, expand_runs(pipeline, shard=shard), digest=digest)
+                with unreachable_as_config(target.base_url):
+                    return await check_apps(pipeline, client, expand_runs(pipeline, shard=shard), digest=digest)
 
         problems = run_sync("validate", go)
     if problems:

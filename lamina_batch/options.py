@@ -24,6 +24,7 @@ __all__ = [
     "download_timeout",
     "listen_address",
     "load_for",
+    "output_dir_for",
     "prepare_pipeline",
     "shard_manifest_path",
 ]
@@ -66,6 +67,12 @@ class BatchOptions:
     # the total time cap of one output download ("10m"; seconds as a number); None: 120 s plus the time its size
     # takes at 64 KiB/s. The gap between two bytes is capped separately (120 s).
     download_timeout: float | str | None = None
+    allow_empty: bool = False  # a batch that plans nothing at all is an error (exit 2 on the CLI) unless this
+
+    @property
+    def manifest_given(self) -> bool:
+        """True when `manifest` names the file: it is then used exactly as given (no shard/emulator suffix)."""
+        return self.manifest is not None
 
     @property
     def shard_pair(self) -> tuple[int, int] | None:
@@ -83,26 +90,58 @@ def prepare_pipeline(source: PipelineSource, options: BatchOptions) -> Pipeline:
 
 
 def load_for(source: PipelineSource, options: BatchOptions) -> Pipeline:
-    """The pipeline (loaded if a path) with the manifest `options` choose: `manifest`, else the pipeline's own,
-    with a shard's suffix (`<stem>.shard-I-of-N.lamina.sqlite`) when `shard` is set."""
+    """The pipeline (loaded if a path) with the manifest `options` choose. A manifest named by `manifest` or by
+    the spec's `manifest:` is used exactly as given; only the default name (`<stem>.lamina.sqlite`) gets the
+    emulator's and a shard's suffix: `<stem>.emulator.shard-I-of-N.lamina.sqlite`."""
     from .spec import load_pipeline
 
     pipeline = source if isinstance(source, Pipeline) else load_pipeline(Path(source))
-    if options.manifest is not None:
-        pipeline = dataclasses.replace(pipeline, manifest=Path(options.manifest).resolve())
+    if options.manifest_given:
+        assert options.manifest is not None
+        return dataclasses.replace(pipeline, manifest=Path(options.manifest).resolve())
+    if pipeline.manifest != default_manifest(pipeline):
+        return pipeline
+    manifest = emulator_manifest_path(pipeline) if options.emulator else pipeline.manifest
+    pipeline = dataclasses.replace(pipeline, manifest=manifest)
     return dataclasses.replace(pipeline, manifest=shard_manifest_path(pipeline, options.shard_pair))
+
+
+def default_manifest(pipeline: Pipeline) -> Path:
+    """The manifest a pipeline uses when neither its spec nor the options name one: `<stem>.lamina.sqlite`."""
+    return pipeline.path.parent / f"{pipeline.path.stem}.lamina.sqlite"
+
+
+def emulator_manifest_path(pipeline: Pipeline) -> Path:
+    """`--emulator` runs keep their own manifest by default: `<stem>.emulator.lamina.sqlite`."""
+    return _suffixed(pipeline.manifest, "emulator")
+
+
+def output_dir_for(pipeline: Pipeline, options: BatchOptions) -> Path:
+    """Where downloads go (absolute): `output_dir` as given, else the pipeline's folder; an `--emulator` run's
+    default is `lamina-emulator/` inside it, so a try on the emulator never writes where a real run does."""
+    if options.output_dir is not None:
+        return Path(options.output_dir).resolve()
+    base = pipeline.path.parent.resolve()
+    return base / EMULATOR_OUTPUT_DIR if options.emulator else base
+
+
+EMULATOR_OUTPUT_DIR = "lamina-emulator"
 
 
 def shard_manifest_path(pipeline: Pipeline, shard: tuple[int, int] | None) -> Path:
     """Shards write their own manifest by default: `<stem>.shard-I-of-N.lamina.sqlite`."""
     if shard is None:
         return pipeline.manifest
-    name = pipeline.manifest.name
     i, n = shard
+    return _suffixed(pipeline.manifest, f"shard-{i}-of-{n}")
+
+
+def _suffixed(path: Path, marker: str) -> Path:
     suffix = ".lamina.sqlite"
+    name = path.name
     if name.endswith(suffix):
-        return pipeline.manifest.with_name(f"{name[: -len(suffix)]}.shard-{i}-of-{n}{suffix}")
-    return pipeline.manifest.with_name(f"{name}.shard-{i}-of-{n}")
+        return path.with_name(f"{name[: -len(suffix)]}.{marker}{suffix}")
+    return path.with_name(f"{name}.{marker}")
 
 
 def apply_options(pipeline: Pipeline, options: BatchOptions) -> Pipeline:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import ApiError
 from .lifecycle import COMPLETE, Action, Choices, Decision, Upstream, decide
 from .matrix import expand_runs
-from .models import ItemPlan, PlannedRun, RunRecord, RunState
+from .models import DOWNLOAD_FAILED, ItemPlan, PlannedRun, RunRecord, RunState
 from .params import normalise, respelled_inputs
 
 if TYPE_CHECKING:
@@ -426,6 +426,8 @@ class StatusReport:
     pipeline_name: str
     steps: Mapping[str, Mapping[str, int]]
     failures: tuple[FailureEntry, ...] = field(default_factory=tuple)
+    # completed runs whose files could not all be written: failed for the exit code until a resume fetches them
+    download_failures: tuple[FailureEntry, ...] = field(default_factory=tuple)
 
     def total(self, state: str) -> int:
         return sum(c.get(state, 0) for c in self.steps.values())
@@ -436,7 +438,30 @@ class StatusReport:
 
     @property
     def all_completed(self) -> bool:
-        return self.total(RunState.COMPLETED.value) == self.planned
+        return self.total(RunState.COMPLETED.value) == self.planned and not self.download_failures
+
+    def to_json(self) -> dict[str, Any]:
+        """What `status --json` prints: the same counts and failures as the table."""
+
+        def entry(f: FailureEntry) -> dict[str, Any]:
+            return {
+                "step": f.step_id,
+                "row_number": f.row_number,
+                "row_key": f.row_key,
+                "state": f.state.value,
+                "error": f.error,
+                "error_code": f.error_code,
+                "identity": f.identity,
+                "remote_id": f.remote_id,
+            }
+
+        return {
+            "pipeline": self.pipeline_name,
+            "planned": self.planned,
+            "steps": {step: dict(c) for step, c in self.steps.items()},
+            "failures": [entry(f) for f in self.failures],
+            "download_failures": [entry(f) for f in self.download_failures],
+        }
 
     @property
     def any_bad(self) -> bool:
@@ -463,6 +488,11 @@ class StatusReport:
                 lines.append(
                     f"  row {f.row_number}{key} {f.step_id}: {f.state.value}{code}: {f.error or 'no reason given'}"
                 )
+        if self.download_failures:
+            lines.append(f"download failures ({len(self.download_failures)}; run again to fetch them):")
+            for f in self.download_failures:
+                key = f" [{f.row_key}]" if f.row_key is not None else ""
+                lines.append(f"  row {f.row_number}{key} {f.step_id}: {f.error or 'download failed'}")
         return "\n".join(lines)
 
 
@@ -470,6 +500,7 @@ def status_report(pipeline: Pipeline, manifest: Manifest, *, shard: tuple[int, i
     """Counts by state per step over the planned runs, and every failure with its row and reason."""
     steps: dict[str, Counter[str]] = {s.id: Counter() for s in pipeline.steps}
     failures: list[FailureEntry] = []
+    downloads: list[FailureEntry] = []
     for batch in _batches(_planned_runs(pipeline, shard), _BATCH):
         found = manifest.get_many(r.identity for r in batch)
         for run in batch:
@@ -479,6 +510,19 @@ def status_report(pipeline: Pipeline, manifest: Manifest, *, shard: tuple[int, i
                 counts[NOT_STARTED] += 1
                 continue
             counts[rec.state.value] += 1
+            if rec.state is RunState.COMPLETED and rec.error_code == DOWNLOAD_FAILED:
+                downloads.append(
+                    FailureEntry(
+                        rec.step_id,
+                        run.item.row_number,
+                        run.item.key,
+                        rec.state,
+                        rec.error,
+                        rec.error_code,
+                        rec.identity,
+                        rec.remote_id,
+                    )
+                )
             if rec.state.bad:
                 failures.append(
                     FailureEntry(
@@ -492,7 +536,7 @@ def status_report(pipeline: Pipeline, manifest: Manifest, *, shard: tuple[int, i
                         rec.remote_id,
                     )
                 )
-    return StatusReport(pipeline.name, {s: dict(c) for s, c in steps.items()}, tuple(failures))
+    return StatusReport(pipeline.name, {s: dict(c) for s, c in steps.items()}, tuple(failures), tuple(downloads))
 
 
 def status_exit_code(report: StatusReport) -> int:

@@ -77,7 +77,10 @@ def test_readme_python_example_runs_as_written(
     assert (result.total, result.completed, result.starts) == (44, 44, 44)
     assert result.reports == (("html", Path("out/gallery.html")),)
     assert (tmp_path / "out" / "gallery.html").stat().st_size > 0
-    assert len(list((tmp_path / "examples" / "catalogue" / "out").rglob("*.png"))) == 44
+    # an emulator try keeps its own folder and manifest, apart from what a real run writes
+    assert len(list((tmp_path / "examples" / "catalogue" / "lamina-emulator" / "out").rglob("*.png"))) == 44
+    assert not (tmp_path / "examples" / "catalogue" / "out").exists()
+    assert (tmp_path / "examples" / "catalogue" / "pipeline.emulator.lamina.sqlite").is_file()
     printed = capsys.readouterr().out
     assert "44 runs to start" in printed
     assert "44 of 44 runs completed, 44 started now" in printed

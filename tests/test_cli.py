@@ -269,7 +269,7 @@ def test_every_run_flag_sets_the_batch_option_of_its_name() -> None:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     dests = {a.dest for a in sub.choices["run"]._actions if a.option_strings and a.dest != "help"}
     fields = {f.name for f in dataclasses.fields(BatchOptions)}
-    assert dests - fields == {"no_progress", "quiet", "verbose"}
+    assert dests - fields == {"no_progress", "progress_interval", "dry_run", "quiet", "verbose"}
 
 
 def test_a_command_group_is_a_module_with_register(capsys: pytest.CaptureFixture[str]) -> None:
@@ -355,8 +355,26 @@ def test_run_view_prints_notices_signal_stops_and_reports(capsys: pytest.Capture
     ]
 
 
+def test_progress_line_counts_in_flight_and_queued_and_estimates_the_rest() -> None:
+    """Starts put runs in flight, finishes take them out; with some done, the line has a rate and an ETA
+    (elapsed / done x remaining)."""
+    from lamina_batch import events as ev
+    from lamina_batch.cli.common import Out
+    from lamina_batch.cli.render import Progress
+
+    progress = Progress(Out(), {"hero": 4}, enabled=False)
+    for i in range(3):
+        progress(ev.RunStarted(f"id{i}", "hero", i + 1, None, f"run_{i}", 1))
+    progress(ev.RunFinished("id0", "hero", 1, None, RunState.COMPLETED))
+    line = progress.summary(60.0)
+    assert line.startswith("hero 1/4 done (0 failed), 2 in flight, 1 queued; 3.0 starts/min")
+    assert line.endswith("ETA 3m00s")
+    progress.close()
+
+
 def test_progress_off_a_terminal_is_a_summary_line(capsys: pytest.CaptureFixture[str]) -> None:
-    """Without a terminal, progress is a `[ Ns] step done/total (bad)` line on stderr (forced here, else ~10 s)."""
+    """Without a terminal, progress is a `[ Ns] step done/total (failed), in flight, queued` line on stderr
+    (forced here, else on the timer)."""
     from lamina_batch import events as ev
     from lamina_batch.cli.common import Out
     from lamina_batch.cli.render import Progress
@@ -370,4 +388,7 @@ def test_progress_off_a_terminal_is_a_summary_line(capsys: pytest.CaptureFixture
     progress.tick(force=True)  # closed: nothing more
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1
-    assert lines[0].endswith("] hero 2/3 done (1 bad); banner 1/3 done (0 bad)")
+    assert (
+        "] hero 2/3 done (1 failed), 0 in flight, 1 queued; banner 1/3 done (0 failed), 0 in flight, 2 queued"
+        in (lines[0])
+    )

@@ -14,12 +14,14 @@ from lamina_batch.cli import apps, auth, emulator, manifests, run, validate_plan
 from lamina_batch.cli.common import (
     EXIT_CONFIG,
     EXIT_FAILED_RUNS,
+    EXIT_OK,
     EXIT_SIGINT,
     EXIT_STOPPED,
     Handler,
     Out,
     UsageError,
     flag_name,
+    silence_stdout,
 )
 from lamina_batch.cli.parser import Group, build_parser, normalise_argv
 from lamina_batch.errors import (
@@ -81,6 +83,10 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
         return handler(args, out)
     except (LaminaBatchError, UsageError, KeyboardInterrupt) as e:
         return _failed(e, out)
+    except BrokenPipeError:
+        # stdout's reader went away mid-write (`plan --json | head -1`): quiet, like any Unix filter
+        silence_stdout()
+        return EXIT_OK
     except Exception as e:  # the last line of defence: one line, never a traceback unless asked
         if out.verbose:
             traceback.print_exc()

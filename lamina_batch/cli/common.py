@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -34,16 +35,35 @@ class Out:
     def __init__(self, *, quiet: bool = False, verbose: bool = False) -> None:
         self.quiet = quiet
         self.verbose = verbose
+        self.stdout_closed = False
 
     def info(self, text: str) -> None:
         if not self.quiet:
-            print(text, flush=True)
+            self.result(text)
 
     def result(self, text: str) -> None:
-        print(text, flush=True)
+        if self.stdout_closed:
+            return
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:
+            # the reader went away (`plan --json | head -1`): stop writing to stdout, carry on quietly
+            self.stdout_closed = True
+            silence_stdout()
 
     def err(self, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null: what is still buffered, and the interpreter's flush at exit, go nowhere instead
+    of raising BrokenPipeError again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 Handler = Callable[[argparse.Namespace, Out], int]

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,11 +31,17 @@ def register(commands: Commands) -> None:
     )
     st.add_argument("--manifest", type=Path)
     st.add_argument("--shard", type=shard_flag, metavar="I/N")
+    st.add_argument("--json", action="store_true", help="the same counts and failures as JSON, for scripts")
+    add_emulator_flag(st, manifest_only=True)
 
     rp = commands.add("report", "write results from the manifest", cmd_report, pipeline=True)
     rp.add_argument("--format", "-f", required=True, choices=REPORT_FORMATS)
-    rp.add_argument("-o", "--output", required=True, type=Path, metavar="PATH")
+    rp.add_argument("-o", "--output", required=True, type=Path, metavar="PATH", help="the file; - is stdout")
     rp.add_argument("--manifest", type=Path)
+    rp.add_argument("--shard", type=shard_flag, metavar="I/N")
+    rp.add_argument("--output-dir", type=Path, help="where the run wrote its files (default: the folder it recorded)")
+    rp.add_argument("--embed", action="store_true", help="html: inline the images, so the page can be moved")
+    add_emulator_flag(rp, manifest_only=True)
 
     c = commands.add("cancel", "cancel remote runs this manifest still has running", cmd_cancel, pipeline=True)
     c.add_argument("--manifest", type=Path)
@@ -46,7 +57,10 @@ def cmd_status(args: argparse.Namespace, out: Out) -> int:
     from lamina_batch.operations import status
 
     report = status(args.pipeline, batch_options(args))
-    out.result(report.render_text())
+    if args.json:
+        out.result(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+    else:
+        out.result(report.render_text())
     if report.all_completed:
         return EXIT_OK
     if report.any_unfinished:
@@ -62,7 +76,20 @@ def cmd_report(args: argparse.Namespace, out: Out) -> int:
         if isinstance(event, ReportWritten):
             out.info(f"wrote {event.format} report to {event.path}")
 
-    report(args.pipeline, args.format, args.output, batch_options(args), on_event=written)
+    if str(args.output) != "-":
+        report(args.pipeline, args.format, args.output, batch_options(args), on_event=written, embed=args.embed)
+        return EXIT_OK
+    # `-o -`: written beside the working directory (so an HTML page's relative links hold), copied to stdout
+    fd, name = tempfile.mkstemp(prefix=".lamina-report-", suffix=f".{args.format}", dir=".")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        report(args.pipeline, args.format, tmp, batch_options(args), embed=args.embed)
+        with tmp.open("rb") as fh:
+            shutil.copyfileobj(fh, sys.stdout.buffer)
+        sys.stdout.flush()
+    finally:
+        tmp.unlink(missing_ok=True)
     return EXIT_OK
 
 

@@ -103,12 +103,14 @@ def normalise_argv(argv: list[str], commands: Sequence[str]) -> list[str]:
 # --------------------------------------------------------------------------- flag types
 
 
-def add_emulator_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--emulator",
-        action="store_true",
-        help="talk to a built-in Lamina emulator started in-process (free; no API key needed)",
+def add_emulator_flag(parser: argparse.ArgumentParser, *, manifest_only: bool = False) -> None:
+    """`--emulator`; `manifest_only` for commands that send nothing: it picks the emulator's own manifest."""
+    help_ = (
+        "the --emulator run's own manifest (and download folder)"
+        if manifest_only
+        else "talk to a built-in Lamina emulator started in-process (free; no API key needed)"
     )
+    parser.add_argument("--emulator", action="store_true", help=help_)
 
 
 def duration_flag(text: str) -> float:

@@ -7,6 +7,7 @@ here when the planner is rebuilt.)
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -22,17 +23,24 @@ SUMMARY_EVERY = 10.0  # seconds between summary lines when stderr is not a termi
 
 
 class Progress:
-    """Renders executor events: tqdm bars per step on a terminal, a summary line every ~10 s elsewhere."""
+    """Renders executor events: tqdm bars per step on a terminal; elsewhere (CI logs) a summary line every
+    `interval` seconds on a timer of its own (`start_timer`), whether or not a run finished meanwhile."""
 
-    def __init__(self, out: Out, totals: Mapping[str, int], *, enabled: bool) -> None:
+    def __init__(self, out: Out, totals: Mapping[str, int], *, enabled: bool, interval: float = SUMMARY_EVERY) -> None:
         self.out = out
         self.enabled = enabled and not out.quiet
         self.tty = sys.stderr.isatty()
         self.totals = totals
+        self.interval = interval
         self.done: dict[str, dict[str, int]] = {step: {} for step in totals}
+        self.in_flight: dict[str, set[str]] = {step: set() for step in totals}
+        self.starts = 0
         self.bars: dict[str, Any] = {}
         self.last_line = time.monotonic()
         self.started = time.monotonic()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._timer: threading.Thread | None = None
         if self.enabled and self.tty and totals:
             from tqdm import tqdm
 
@@ -48,6 +56,17 @@ class Progress:
                     leave=True,
                 )
 
+    def start_timer(self) -> None:
+        """On a non-terminal, print the summary line every `interval` seconds until `close()`."""
+        if not self.enabled or self.bars or self._timer is not None or self.interval <= 0:
+            return
+        self._timer = threading.Thread(target=self._beat, name="lamina-progress", daemon=True)
+        self._timer.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.tick(force=True)
+
     def __call__(self, event: Event) -> None:
         from lamina_batch import events as ev
 
@@ -60,39 +79,70 @@ class Progress:
                 self.out.err(event.message)
             return
         step = getattr(event, "step_id", None)
-        if isinstance(event, ev.RunFinished | ev.RunReused) and step in self.done:
-            state = str(getattr(event, "state", RunState.COMPLETED))
-            counts = self.done[step]
-            counts[state] = counts.get(state, 0) + 1
-            bar = self.bars.get(step)
-            if bar is not None:
-                bar.update(1)
-                bad = sum(v for k, v in counts.items() if k != RunState.COMPLETED)
-                bar.set_postfix_str(f"ok {counts.get(RunState.COMPLETED, 0)} bad {bad}", refresh=False)
-        self.tick()
+        with self._lock:
+            if isinstance(event, ev.RunStarted | ev.RunAdopted) and step in self.in_flight:
+                self.in_flight[step].add(event.identity)
+                self.starts += isinstance(event, ev.RunStarted)
+            if isinstance(event, ev.RunFinished | ev.RunReused) and step in self.done:
+                self.in_flight[step].discard(event.identity)
+                state = str(getattr(event, "state", RunState.COMPLETED))
+                counts = self.done[step]
+                counts[state] = counts.get(state, 0) + 1
+                bar = self.bars.get(step)
+                if bar is not None:
+                    bar.update(1)
+                    bad = sum(v for k, v in counts.items() if k != RunState.COMPLETED)
+                    bar.set_postfix_str(f"ok {counts.get(RunState.COMPLETED, 0)} bad {bad}", refresh=False)
+        if self._timer is None:
+            self.tick()
 
     def tick(self, *, force: bool = False) -> None:
         if not self.enabled or self.bars:
             return
         now = time.monotonic()
-        if force or now - self.last_line >= SUMMARY_EVERY:
+        if force or now - self.last_line >= self.interval:
             self.last_line = now
-            self.out.err(f"[{now - self.started:6.0f}s] {self.summary()}")
+            self.out.err(f"[{now - self.started:6.0f}s] {self.summary(now - self.started)}")
 
-    def summary(self) -> str:
-        parts = []
-        for step, counts in self.done.items():
-            ok = counts.get(RunState.COMPLETED, 0)
-            bad = sum(v for k, v in counts.items() if k != RunState.COMPLETED)
-            parts.append(f"{step} {ok + bad}/{self.totals.get(step, 0)} done ({bad} bad)")
-        return "; ".join(parts)
+    def summary(self, elapsed: float | None = None) -> str:
+        """`hero 3/24 done (0 failed), 8 in flight, 13 queued; ...; 2.0 starts/min; ETA 1m20s`."""
+        with self._lock:
+            parts = []
+            finished = remaining = 0
+            for step, counts in self.done.items():
+                ok = counts.get(RunState.COMPLETED, 0)
+                bad = sum(v for k, v in counts.items() if k != RunState.COMPLETED)
+                total = self.totals.get(step, 0)
+                flying = len(self.in_flight.get(step, ()))
+                queued = max(0, total - ok - bad - flying)
+                finished += ok + bad
+                remaining += max(0, total - ok - bad)
+                parts.append(f"{step} {ok + bad}/{total} done ({bad} failed), {flying} in flight, {queued} queued")
+            line = "; ".join(parts)
+            if elapsed is not None and elapsed > 0:
+                line += f"; {self.starts / elapsed * 60:.1f} starts/min"
+                if finished and remaining:
+                    line += f"; ETA {_duration(elapsed / finished * remaining)}"
+            return line
 
     def close(self) -> None:
-        """Close the bars (once; later calls do nothing)."""
+        """Stop the timer and close the bars (once; later calls do nothing)."""
+        self._stop.set()
+        if self._timer is not None and self._timer is not threading.current_thread():
+            self._timer.join()
         for bar in self.bars.values():
             bar.close()
         self.bars.clear()
         self.enabled = False
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds + 0.5)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
 def run_line(result: BatchResult) -> str:

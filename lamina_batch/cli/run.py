@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,8 +17,10 @@ from lamina_batch.cli.common import (
     EXIT_SIGTERM,
     EXIT_STOPPED,
     Out,
+    UsageError,
     batch_options,
 )
+from lamina_batch.cli.github import annotate_problems, annotate_warning, append_step_summary, on_actions
 from lamina_batch.cli.parser import (
     REPORT_FORMATS,
     Commands,
@@ -28,7 +31,7 @@ from lamina_batch.cli.parser import (
     report_flag,
     shard_flag,
 )
-from lamina_batch.cli.render import Progress, run_line
+from lamina_batch.cli.render import SUMMARY_EVERY, Progress, run_line
 
 if TYPE_CHECKING:  # imported where used: `lamina-batch --help` should not pay for them
     from lamina_batch.batch import BatchResult
@@ -70,35 +73,77 @@ def register(commands: Commands) -> None:
     )
     r.add_argument("--no-progress", action="store_true", help="no progress bars or summary lines")
     add_emulator_flag(r)
+    # issue 15: the edges of a run (empty batches, CI progress, a flag people try)
+    r.add_argument("--allow-empty", action="store_true", help="a batch that plans nothing exits 0, not 2")
+    r.add_argument(
+        "--progress-interval",
+        type=duration_flag,
+        metavar="SECONDS",
+        default=SUMMARY_EVERY,
+        help=f"off a terminal (CI logs), print a progress line this often (default {SUMMARY_EVERY:g}s)",
+    )
+    r.add_argument("--dry-run", action="store_true", help=argparse.SUPPRESS)
     # cmd_run turns the garbage collector on itself, just before the batch (see console())
     r.set_defaults(enables_gc=True)
 
 
 def cmd_run(args: argparse.Namespace, out: Out) -> int:
     from lamina_batch.batch import run_batch
+    from lamina_batch.errors import ConfigError
 
+    if args.dry_run:
+        raise UsageError(f"run has no --dry-run: `lamina-batch plan {args.pipeline}` shows what run would do")
     options = batch_options(args, handle_signals=True)
-    view = RunView(out, progress=not args.no_progress, own_process=getattr(args, "own_process", False))
+    view = RunView(
+        out,
+        progress=not args.no_progress,
+        own_process=getattr(args, "own_process", False),
+        interval=args.progress_interval,
+    )
     try:
         result = run_batch(args.pipeline, options, on_event=view)
+    except ConfigError as e:
+        if on_actions():
+            annotate_problems(e.problems, out)
+        raise
     finally:
         view.close()
-    return finish(result, out)
+    append_step_summary(result)
+    if on_actions():
+        for step, failures in sorted(view.failed.items()):
+            annotate_warning(f"{result.pipeline_name}: step {step}: {failures} runs did not complete", out)
+    return finish(result, out, hint_flags(args))
+
+
+def hint_flags(args: argparse.Namespace) -> str:
+    """The flags a pasted `lamina-batch status ...` hint needs to find this run's manifest again."""
+    parts = []
+    if getattr(args, "manifest", None) is not None:
+        parts.append(f"--manifest {shlex.quote(str(args.manifest))}")
+    if getattr(args, "shard", None) is not None:
+        parts.append(f"--shard {args.shard[0]}/{args.shard[1]}")
+    if getattr(args, "emulator", False):
+        parts.append("--emulator")
+    return "".join(f" {p}" for p in parts)
 
 
 class RunView:
     """The `run` command's view of a batch's events: progress from PlanReady on, notices, the line a signal
     prints, and one line per report written."""
 
-    def __init__(self, out: Out, *, progress: bool, own_process: bool) -> None:
+    def __init__(self, out: Out, *, progress: bool, own_process: bool, interval: float = SUMMARY_EVERY) -> None:
         self.out = out
         self.show_progress = progress
         self.own_process = own_process
+        self.interval = interval
         self.progress: Progress | None = None
+        self.failed: dict[str, int] = {}  # step -> runs that ended badly, for the CI annotations
 
     def __call__(self, event: Event) -> None:
-        from lamina_batch.events import Notice, PlanReady, ReportWritten, Stopping, StopReason
+        from lamina_batch.events import Notice, PlanReady, ReportWritten, RunFinished, Stopping, StopReason
 
+        if isinstance(event, RunFinished) and event.state.bad:
+            self.failed[event.step_id] = self.failed.get(event.step_id, 0) + 1
         if isinstance(event, PlanReady):
             self._ready(event)
             return
@@ -118,7 +163,8 @@ class RunView:
 
     def _ready(self, event: PlanReady) -> None:
         if self.progress is None:
-            self.progress = Progress(self.out, event.by_step, enabled=self.show_progress)
+            self.progress = Progress(self.out, event.by_step, enabled=self.show_progress, interval=self.interval)
+            self.progress.start_timer()
         if self.own_process:
             # What exists now (modules, schema, compiled templates) lives as long as the process: keep it out of
             # the collector's full passes, which otherwise stalled a 2000-run batch ~40 ms each.
@@ -130,8 +176,9 @@ class RunView:
             self.progress.close()
 
 
-def finish(result: BatchResult, out: Out) -> int:
-    """Print the final line (stdout when all is well, else stderr with what to do) and pick the exit code."""
+def finish(result: BatchResult, out: Out, flags: str = "") -> int:
+    """Print the final line (stdout when all is well, else stderr with what to do) and pick the exit code.
+    `flags`: those a pasted hint needs (`--manifest ...`), so every hint works as printed."""
     from lamina_batch.events import StopReason
 
     line = run_line(result)
@@ -149,7 +196,8 @@ def finish(result: BatchResult, out: Out) -> int:
         out.err(f"{line}. Stopped early: {why}. Fix it and run the same command again to resume.")
         return EXIT_STOPPED
     if result.failed or result.not_started or result.download_failures:
-        out.err(f"{line}. Some runs did not complete: `lamina-batch status {result.pipeline_path}` lists them.")
+        where = shlex.quote(str(result.pipeline_path))
+        out.err(f"{line}. Some runs did not complete: `lamina-batch status {where}{flags}` lists them.")
         return EXIT_FAILED_RUNS
     out.result(line)
     return EXIT_OK

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from lamina_batch.cli.common import EXIT_OK, Out, batch_options
@@ -18,6 +17,7 @@ def register(commands: Commands) -> None:
         "validate", "check spec, CSV and every template for every row; nothing is sent", cmd_validate, pipeline=True
     )
     v.add_argument("--check-apps", action="store_true", help="also check inputs against the live app definitions")
+    v.add_argument("--json", action="store_true", help="the counts and warnings as JSON, for scripts")
     add_emulator_flag(v)
 
     pl = commands.add(
@@ -31,6 +31,7 @@ def register(commands: Commands) -> None:
     pl.add_argument("--retry-failed", action="store_true")
     pl.add_argument("--restart-unknown", action="store_true")
     pl.add_argument("--shard", type=shard_flag, metavar="I/N")
+    add_emulator_flag(pl)
 
 
 def cmd_validate(args: argparse.Namespace, out: Out) -> int:
@@ -38,6 +39,21 @@ def cmd_validate(args: argparse.Namespace, out: Out) -> int:
 
     summary = validate(args.pipeline, batch_options(args), check_apps=args.check_apps)
     apps = " (apps checked)" if args.check_apps else ""
+    if args.json:
+        fields = {
+            "pipeline": str(args.pipeline),
+            "valid": True,
+            "apps_checked": bool(args.check_apps),
+            "rows": summary.rows,
+            "items": summary.items,
+            "steps": summary.steps,
+            "runs": summary.runs,
+            "warnings": [str(w) for w in summary.warnings],
+        }
+        out.result(json.dumps(fields, indent=2))
+        return EXIT_OK
+    for warning in summary.warnings:
+        out.err(f"warning: {warning}")
     out.result(
         f"{args.pipeline}: valid{apps}: {summary.rows} rows, {summary.items} items, "
         f"{summary.steps} steps, {summary.runs} runs"
@@ -50,8 +66,7 @@ def cmd_plan(args: argparse.Namespace, out: Out) -> int:
 
     report = plan(args.pipeline, batch_options(args), details=args.json)
     if args.json:
-        json.dump(report.to_json(), sys.stdout, indent=2, ensure_ascii=False)
-        sys.stdout.write("\n")
+        out.result(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
         return EXIT_OK
     out.result(report.render_text())
     return EXIT_OK

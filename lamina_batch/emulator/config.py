@@ -214,6 +214,8 @@ class EmulatorConfig:
     # where output URLs point (`{files_base_url}/files/{run}/{n}.png`); None: this emulator serves them. Tests point
     # them at a hostile file server (a drip, a stall) to exercise downloads.
     files_base_url: str | None = None
+    # runs kept in this file (emulator/journal.py): a new emulator on it knows the runs of the one before
+    state_file: Path | None = None
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> EmulatorConfig:

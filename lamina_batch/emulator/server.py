@@ -30,6 +30,7 @@ from lamina_batch.emulator.catalogue import (
 from lamina_batch.emulator.config import AppDef, EmulatorConfig, Faults
 from lamina_batch.emulator.delivery import WebhookSender
 from lamina_batch.emulator.gate import RateWindows, auth_problem, error_body
+from lamina_batch.emulator.journal import Journal, JournaledRun
 from lamina_batch.emulator.oauth import REFRESH_ROUTE, OAuthServer, TokenPair, write_login_file
 from lamina_batch.emulator.runs import TERMINAL, Run, await_terminal, file_reply, iso, list_runs
 from lamina_batch.emulator.signing import KeyRing
@@ -60,6 +61,7 @@ class EmulatorCore:
         self.credits_remaining = config.credits
         self.oauth = OAuthServer(config.oauth, self.stats.oauth) if config.oauth is not None else None
         self._rng = random.Random(f"{config.seed}/runs")
+        self._journal = Journal(config.state_file) if config.state_file is not None else None
         self._fault_rng = random.Random(f"{config.seed}/faults")
         self._runs: dict[str, Run] = {}
         self._order: list[Run] = []
@@ -75,6 +77,8 @@ class EmulatorCore:
         self.start_hook: Callable[[str, dict[str, Any]], None] | None = None
         self.result_hook: Callable[[str], None] | None = None
         self.kill_at: list[int] | None = None  # [pid, runs still to be created before the kill]
+        if self._journal is not None:
+            self._reload(self._journal)
 
     # ---- lifecycle of the server ------------------------------------------------------------------
 
@@ -96,6 +100,8 @@ class EmulatorCore:
         if ":" in host:
             host = f"[{host}]"
         self.base_url = f"http://{host}:{port}"
+        if self._journal is not None:
+            self._journal.listening(port)
         return self.base_url
 
     async def close(self) -> None:
@@ -105,6 +111,21 @@ class EmulatorCore:
             if run.webhook_handle is not None:
                 run.webhook_handle.cancel()
         await self._webhooks.close()
+
+    def _reload(self, journal: Journal) -> None:
+        """The runs an earlier emulator on the same state file created (their ids are never issued again)."""
+        loaded = journal.load()
+        # a fresh id sequence per reload: the seeded one would hand out the earlier emulator's ids again
+        self._rng = random.Random(f"{self.config.seed}/runs/{len(loaded)}")
+        for j in loaded:
+            app = self.apps.get(j.app_id)
+            if app is None:
+                continue
+            outputs = tuple(o for o in app.outputs if o.index in j.output_indexes)
+            run = Run(j.run_id, app, j.inputs, outputs, j.created, j.start_at, j.end_at, j.fail_message, None)
+            run.cancelled_at = j.cancelled_at
+            self._runs[run.id] = run
+            self._order.append(run)
 
     # ---- queries usable from tests ----------------------------------------------------------------
 
@@ -350,9 +371,15 @@ class EmulatorCore:
             fail = FAIL_MESSAGE
         prefix = "run" if id_field == "runId" else "exe"
         run_id = f"{prefix}_{self._rng.getrandbits(80):020x}"
+        while run_id in self._runs:  # never an id an earlier emulator on the same state file gave
+            run_id = f"{prefix}_{self._rng.getrandbits(80):020x}"
         outputs = app.outputs if labels is None else tuple(o for o in app.outputs if o.label in labels)
         start_at = now + cfg.queued
         run = Run(run_id, app, inputs, outputs, now, start_at, start_at + seconds, fail, webhook)
+        if self._journal is not None:
+            # on disk before the start is answered: a client holding this id finds it after a restart
+            indexes = tuple(o.index for o in outputs)
+            self._journal.created(JournaledRun(run_id, app.app_id, inputs, indexes, now, start_at, run.end_at, fail))
         self._runs[run_id] = run
         self._order.append(run)
         self.stats._start(app.app_id, run.inputs_json, app.credits)
@@ -423,6 +450,8 @@ class EmulatorCore:
         now = time.time()
         if run.status(now) not in TERMINAL:
             run.cancelled_at = now
+            if self._journal is not None:
+                self._journal.cancelled(run.id, now)
             self._active.discard(run.id)
             for fut in run.waiters:
                 if not fut.done():

@@ -5,6 +5,7 @@ the files of a run completed earlier."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -13,7 +14,7 @@ from lamina_batch.downloads import guess_ext
 from lamina_batch.errors import DownloadError, TemplateError
 from lamina_batch.events import DownloadFailed, RunReused
 from lamina_batch.manifest import Durability
-from lamina_batch.models import DownloadRecord, PlannedRun, RemoteRun, RunOutput, RunRecord, RunState
+from lamina_batch.models import DOWNLOAD_FAILED, DownloadRecord, PlannedRun, RemoteRun, RunOutput, RunRecord, RunState
 from lamina_batch.templates import render_download_path
 from lamina_batch.times import parse_timestamp
 
@@ -120,12 +121,19 @@ class Completer:
                 errors.append(f"download of output '{output.label}' failed: {e}")
                 self._ctx.emit(DownloadFailed(run.identity, run.step_id, run.item.row_number, output.label, str(e)))
                 continue
+            # where it went, so reports resolve it against the folder this run used (binding of files to runs)
+            record = dataclasses.replace(record, folder=self._downloader.base_dir.resolve().as_posix())
             self._manifest.add_download(run.identity, record)
         if errors:
             self.download_failures += 1
             self._manifest.set_state(
-                run.identity, RunState.COMPLETED, error="; ".join(errors), error_code="DOWNLOAD_FAILED"
+                run.identity, RunState.COMPLETED, error="; ".join(errors), error_code=DOWNLOAD_FAILED
             )
+        else:
+            rec = self._manifest.get(run.identity)
+            if rec is not None and rec.error_code == DOWNLOAD_FAILED:
+                # every file is here now: `status` must not keep reporting the earlier failure
+                self._manifest.set_state(run.identity, RunState.COMPLETED)
 
     async def _fetch(self, run: PlannedRun, output: RunOutput, index: int, upstream: Upstream) -> DownloadRecord:
         assert self._downloader is not None

@@ -73,6 +73,8 @@ class ReportInput:
     embed: bool = False
     verdicts: Mapping[tuple[str, int], Verdict] = field(default_factory=dict)
     history: Mapping[str, Sequence[PastAttempt]] = field(default_factory=dict)
+    # planned runs of the batch that were never started (a stop, a guard): the markdown summary says so
+    not_started: int = 0
 
     @property
     def files_dir(self) -> Path:

@@ -52,6 +52,8 @@ def render_markdown(data: ReportInput, *, failure_cap: int = FAILURE_CAP) -> str
         cells = [str(per_state.get(s, 0)) for s in shown]
         lines.append(f"| {md_cell(step)} | {total} | " + " | ".join(cells) + " |")
     lines.append("")
+    if data.not_started:
+        lines += [f"**{data.not_started} planned runs were never started**: run the same command again to go on.", ""]
 
     n_bad = len(failures) + more
     if n_bad == 0:
