@@ -356,6 +356,15 @@ class LaminaClient:
             body={"inputs": dict(inputs)},
         )
 
+    async def estimate_cost(self, app_id: str, inputs: Mapping[str, Any] | None) -> wire.CostFigures | None:
+        """The estimate's figures for one run of `app_id` with `inputs` (None: no body, an app-wide estimate as
+        Lamina's SDK asks): expected, min, max credits and the balance (runs API only; None on the executions
+        API). A reply without an expected figure is a ServerError."""
+        if self._paths.estimate is None:
+            return None
+        body = None if inputs is None else {"inputs": dict(inputs)}
+        return await self._call("POST", self._paths.estimate.format(app=_seg(app_id)), wire.parse_cost, body=body)
+
     async def signing_keys(self) -> list[dict[str, str]]:
         """The webhook signing JWK set's `keys`."""
         return await self._call("GET", self._paths.signing_key, wire.parse_jwks)

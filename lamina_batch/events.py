@@ -33,6 +33,7 @@ class StopReason(enum.Enum):
     FINISHED = "finished"
     MAX_FAILURES = "max_failures"
     MAX_STARTS = "max_starts"
+    MAX_CREDITS = "max_credits"
     FATAL = "fatal"
     SIGINT = "sigint"
     SIGTERM = "sigterm"

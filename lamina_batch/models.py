@@ -355,6 +355,9 @@ class RunRecord:
     error_code: str | None = None
     request_id: str | None = None
     downloads: tuple[DownloadRecord, ...] = ()
+    credits_estimate: float | None = None  # expected credits the current attempt was started under
+    credits_actual: float | None = None  # what the API reported the current attempt cost, where it does
+    credits_earlier: float = 0.0  # what earlier attempts of this identity cost (actual, else estimate)
 
     @property
     def submitted_epoch(self) -> float | None:

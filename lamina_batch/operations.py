@@ -4,6 +4,7 @@ pipeline (path or `Pipeline`) and `BatchOptions`, return values, raise `errors.*
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,13 +14,14 @@ from .options import BatchOptions, PipelineSource, load_for
 
 if TYPE_CHECKING:  # the others are imported where used: each command pays only for what it needs
     from .batch import EventHandler
+    from .credits import Estimates
     from .events import Event
     from .manifest import Manifest
     from .matrix import InputDigest, ValidationSummary
     from .models import Pipeline
     from .planner import PlanReport, StatusReport
 
-__all__ = ["cancel", "plan", "report", "status", "validate"]
+__all__ = ["cancel", "offline_bill", "plan", "report", "status", "validate"]
 
 
 def validate(
@@ -40,10 +42,20 @@ def validate(
     return summary
 
 
-def plan(pipeline: PipelineSource, options: BatchOptions | None = None, *, details: bool = False) -> PlanReport:
+def plan(
+    pipeline: PipelineSource,
+    options: BatchOptions | None = None,
+    *,
+    details: bool = False,
+    credits: bool = False,
+    refresh_estimates: bool = False,
+) -> PlanReport:
     """What `run_batch` with these options would do now: per step, the runs it would start (new, to retry), reuse,
-    follow (running remotely) or keep as they are, and why; orphaned manifest runs. Sends nothing and never
-    creates or locks the manifest. `details` lists every run with its identity and rendered inputs."""
+    follow (running remotely) or keep as they are, and why; orphaned manifest runs. Never creates or locks the
+    manifest. `details` lists every run with its identity and rendered inputs. With `credits`, the report's
+    `bill` prices the runs it would start: one estimate request per app (on `options.emulator` or the
+    environment's credentials; none without them), reused from `<manifest>.estimates.json` for an hour unless
+    `refresh_estimates`; without `credits` nothing is sent and the bill is absent."""
     from .manifest import Manifest
     from .planner import plan_against_manifest
 
@@ -51,20 +63,59 @@ def plan(pipeline: PipelineSource, options: BatchOptions | None = None, *, detai
     loaded = load_for(pipeline, options)
     path = loaded.manifest
     manifest = Manifest.open(path, pipeline_name=loaded.name, writer=False) if path.exists() else None
+    max_starts = options.max_starts if options.max_starts is not None else loaded.run.max_starts
     try:
-        return plan_against_manifest(
+        report = plan_against_manifest(
             loaded,
             manifest,
             retry_failed=options.retry_failed,
             restart_unknown=options.restart_unknown,
             shard=options.shard_pair,
             details=details,
+            max_starts=max_starts,
         )
     except ConfigError as e:
         raise _all_problems(loaded, e) from None
     finally:
         if manifest is not None:
             manifest.close()
+    if not credits:
+        return report
+    from .credits import bill_of
+
+    estimates = _estimates(loaded, options, refresh=refresh_estimates)
+    return dataclasses.replace(report, bill=bill_of(loaded, report.starts, estimates))
+
+
+def offline_bill(report: PlanReport, pipeline: PipelineSource, options: BatchOptions | None = None) -> PlanReport:
+    """`report` with a bill whose credits read "unknown (--offline)": `plan --offline` sends nothing."""
+    from .credits import OFFLINE, bill_of, unknown
+
+    loaded = load_for(pipeline, options or BatchOptions())
+    return dataclasses.replace(report, bill=bill_of(loaded, report.starts, unknown(OFFLINE)))
+
+
+def _estimates(loaded: Pipeline, options: BatchOptions, *, refresh: bool) -> Estimates:
+    """Each app's estimate for `plan`: cached beside the manifest, else asked; unknown without credentials."""
+    from .batch import run_sync
+    from .credits import NO_ESTIMATE_API, NO_KEY, cache_path, estimate_inputs, fetch_estimates, origin_of, unknown
+    from .target import make_client, optional_api_target
+
+    if loaded.api != "runs":
+        return unknown(NO_ESTIMATE_API)
+    with optional_api_target(options.emulator) as target:
+        if target is None:
+            return unknown(NO_KEY)
+        inputs = estimate_inputs(loaded, options.shard_pair)
+        origin = origin_of(target.base_url, emulator=target.emulator)
+
+        async def go() -> Estimates:
+            async with make_client(target, loaded.api, loaded) as client:
+                return await fetch_estimates(
+                    client, inputs, cache=cache_path(loaded.manifest), origin=origin, refresh=refresh
+                )
+
+        return run_sync("plan", go)
 
 
 def status(pipeline: PipelineSource, options: BatchOptions | None = None) -> StatusReport:

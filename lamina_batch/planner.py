@@ -20,6 +20,7 @@ from .params import normalise, respelled_inputs
 
 if TYPE_CHECKING:
     from .client import LaminaClient
+    from .credits import Bill
     from .manifest import Manifest
     from .models import Pipeline
 
@@ -34,6 +35,8 @@ __all__ = [
     "cancel_running",
     "category_of",
     "plan_against_manifest",
+    "runs_to_start",
+    "starts_planned",
     "status_exit_code",
     "status_report",
 ]
@@ -60,6 +63,36 @@ _CATEGORY = {
 RENAMED = "inputs renamed"
 # Categories whose reasons the plan counts and shows under "why".
 _EXPLAINED = frozenset({"new", "retry", "running", "waiting"})
+
+
+# The actions that send a start request: what `plan` counts as "would start" and what `run` prices and budgets.
+STARTING = frozenset({Action.START, Action.START_AFTER_UPSTREAM, Action.RESTART_AFTER_FAILURE, Action.RESTART_UNKNOWN})
+
+
+class StartCount:
+    """Runs this invocation would start, per step, fed the planner's decisions in plan order: at most
+    `max_starts` in all (the first ones, as the executor starts them)."""
+
+    def __init__(self, max_starts: int | None = None) -> None:
+        self.max_starts = max_starts
+        self.by_step: Counter[str] = Counter()
+        self.total = 0
+
+    def add(self, step_id: str, action: Action) -> None:
+        if action not in STARTING or (self.max_starts is not None and self.total >= self.max_starts):
+            return
+        self.by_step[step_id] += 1
+        self.total += 1
+
+
+def runs_to_start(decided: Iterable[tuple[str, Action]], *, max_starts: int | None = None) -> dict[str, int]:
+    """Per step, the runs an invocation would start, from the planner's (step id, action) decisions of the runs
+    it covers (all planned runs, or a subset) in plan order, capped at `max_starts`: what `plan` bills and `run`
+    checks against the balance."""
+    count = StartCount(max_starts)
+    for step_id, action in decided:
+        count.add(step_id, action)
+    return dict(count.by_step)
 
 
 def category_of(action: Action) -> str:
@@ -133,6 +166,8 @@ class PlanReport:
     orphans: tuple[OrphanEntry, ...] = ()
     shard: tuple[int, int] | None = None
     has_manifest: bool = False
+    starts: Mapping[str, int] = field(default_factory=dict)  # runs_to_start: per step, within max_starts
+    bill: Bill | None = None  # what those starts cost (credits.bill_of), when asked for
 
     def total(self, category: str) -> int:
         return sum(c.get(category, 0) for c in self.steps.values())
@@ -158,6 +193,8 @@ class PlanReport:
             "reasons": dict(self.reasons),
             "runs": [e.to_json() for e in self.entries],
             "orphans": [o.to_json() for o in self.orphans],
+            "starts": dict(self.starts),
+            "credits": None if self.bill is None else self.bill.to_json(),
         }
 
     def render_text(self) -> str:
@@ -205,6 +242,10 @@ class PlanReport:
                 lines.append(f"  row {e.row_number}{key}{axes} {e.step_id}: {e.category}: {e.reason}")
         if self.orphans:
             lines.append(f"orphaned (kept as history): {len(self.orphans)}")
+        if sum(self.starts.values()) < self.to_start:
+            lines.append(f"this invocation would start {sum(self.starts.values())} of them (max_starts)")
+        if self.bill is not None:
+            lines.extend(self.bill.render_lines())
         return "\n".join(lines)
 
 
@@ -271,33 +312,27 @@ def plan_against_manifest(
     restart_unknown: bool = False,
     shard: tuple[int, int] | None = None,
     details: bool = False,
+    max_starts: int | None = None,
 ) -> PlanReport:
-    """What `run` would do now, without a request: streamed over the plan; entries only when `details`."""
+    """What `run` would do now, without a request: streamed over the plan; entries only when `details`; `starts`
+    per step within `max_starts`."""
     choices = Choices(retry_failed=retry_failed, restart_unknown=restart_unknown)
     steps: dict[str, Counter[str]] = {s.id: Counter() for s in pipeline.steps}
     reasons: Counter[str] = Counter()
     entries: list[PlanEntry] = []
     planned: set[str] = set()
     previous = _previous_slots(manifest)
-    for batch in _item_batches(pipeline, shard, _BATCH):
-        ids = (r.identity for plan in batch for r in plan.runs)
-        found = manifest.get_many(ids) if manifest is not None else {}
-        for plan in batch:
-            expected: dict[str, Upstream] = {}
-            for run in plan.runs:
-                planned.add(run.identity)
-                known = found.get(run.identity)
-                decision = decide(known, _upstream_of(run, expected), choices)
-                expected[run.step_id] = _expected(decision, run.step_id, None if known is None else known.state)
-                category = category_of(decision.action)
-                reason = (
-                    _why_new(run, previous) if known is None and decision.action is Action.START else decision.reason
-                )
-                steps.setdefault(run.step_id, Counter())[category] += 1
-                if category in _EXPLAINED:
-                    reasons[reason] += 1
-                if details:
-                    entries.append(_entry(run, known, category, reason, decision.action))
+    starts = StartCount(max_starts)
+    for run, known, decision in _decided(pipeline, manifest, choices, shard):
+        planned.add(run.identity)
+        category = category_of(decision.action)
+        reason = _why_new(run, previous) if known is None and decision.action is Action.START else decision.reason
+        steps.setdefault(run.step_id, Counter())[category] += 1
+        starts.add(run.step_id, decision.action)
+        if category in _EXPLAINED:
+            reasons[reason] += 1
+        if details:
+            entries.append(_entry(run, known, category, reason, decision.action))
     orphans = _orphans(manifest, planned, steps, details=details)
     return PlanReport(
         pipeline_name=pipeline.name,
@@ -307,7 +342,41 @@ def plan_against_manifest(
         orphans=tuple(orphans),
         shard=shard,
         has_manifest=manifest is not None,
+        starts=dict(starts.by_step),
     )
+
+
+def starts_planned(
+    pipeline: Pipeline,
+    manifest: Manifest | None,
+    *,
+    retry_failed: bool = False,
+    restart_unknown: bool = False,
+    shard: tuple[int, int] | None = None,
+    max_starts: int | None = None,
+) -> dict[str, int]:
+    """Per step, the runs `run` would start now (`runs_to_start` over every planned run's decision): what
+    `run` checks against the balance before its first start. Sends nothing."""
+    choices = Choices(retry_failed=retry_failed, restart_unknown=restart_unknown)
+    decided = ((run.step_id, d.action) for run, _, d in _decided(pipeline, manifest, choices, shard))
+    return runs_to_start(decided, max_starts=max_starts)
+
+
+def _decided(
+    pipeline: Pipeline, manifest: Manifest | None, choices: Choices, shard: tuple[int, int] | None
+) -> Iterator[tuple[PlannedRun, RunRecord | None, Decision]]:
+    """Every planned run in plan order with its manifest record and `decide`'s decision, as `plan` expects it:
+    a run it would start or follow is expected to complete for its downstream runs."""
+    for batch in _item_batches(pipeline, shard, _BATCH):
+        ids = (r.identity for plan in batch for r in plan.runs)
+        found = manifest.get_many(ids) if manifest is not None else {}
+        for plan in batch:
+            expected: dict[str, Upstream] = {}
+            for run in plan.runs:
+                known = found.get(run.identity)
+                decision = decide(known, _upstream_of(run, expected), choices)
+                expected[run.step_id] = _expected(decision, run.step_id, None if known is None else known.state)
+                yield run, known, decision
 
 
 @dataclass(frozen=True)

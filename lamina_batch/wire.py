@@ -253,6 +253,44 @@ def parse_estimate(body: Any) -> float | None:
     return None
 
 
+class CostFigures(TypedDict):
+    """An estimate reply's figures (the SDK's `CostEstimate`): credits per run, and the balance where given."""
+
+    expected: float
+    min: float
+    max: float
+    balance: float | None
+    affordable: bool | None
+
+
+def parse_cost(body: Any) -> CostFigures:
+    """The full estimate reply; WireFormatError when it carries no expected figure (a malformed reply)."""
+    data = _data(body)
+    expected = parse_estimate(body)
+    if expected is None or expected < 0:
+        raise WireFormatError("estimate reply without estimatedCredits.expected")
+    lo = hi = expected
+    figures = data.get("estimatedCredits") if isinstance(data, dict) else None
+    if isinstance(figures, dict):
+        lo = _number_or(figures.get("min"), expected)
+        hi = _number_or(figures.get("max"), expected)
+    balance = data.get("currentBalance") if isinstance(data, dict) else None
+    affordable = data.get("affordable") if isinstance(data, dict) else None
+    return CostFigures(
+        expected=expected,
+        min=min(lo, expected),
+        max=max(hi, expected),
+        balance=_number_or(balance, None),
+        affordable=affordable if isinstance(affordable, bool) else None,
+    )
+
+
+def _number_or(value: Any, default: T) -> float | T:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return default
+
+
 def parse_jwks(body: Any) -> list[dict[str, str]]:
     container = body.get("data", body) if isinstance(body, dict) else body
     keys = container["keys"]

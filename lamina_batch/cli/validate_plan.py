@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from lamina_batch.cli.common import EXIT_OK, Out, batch_options
-from lamina_batch.cli.parser import Commands, add_emulator_flag, shard_flag
+from lamina_batch.cli.parser import Commands, add_emulator_flag, positive_int, shard_flag
 
 
 def register(commands: Commands) -> None:
@@ -31,6 +31,10 @@ def register(commands: Commands) -> None:
     pl.add_argument("--retry-failed", action="store_true")
     pl.add_argument("--restart-unknown", action="store_true")
     pl.add_argument("--shard", type=shard_flag, metavar="I/N")
+    # credits (issue 16): the bill of what `run` would start
+    pl.add_argument("--max-starts", type=positive_int, metavar="N", help="bill at most N starts, as `run` would")
+    pl.add_argument("--refresh-estimates", action="store_true", help="ask for estimates again (cached for an hour)")
+    pl.add_argument("--offline", action="store_true", help="send nothing: credits read unknown")
     add_emulator_flag(pl)
 
 
@@ -62,9 +66,14 @@ def cmd_validate(args: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_plan(args: argparse.Namespace, out: Out) -> int:
-    from lamina_batch.operations import plan
+    from lamina_batch.operations import offline_bill, plan
 
-    report = plan(args.pipeline, batch_options(args), details=args.json)
+    options = batch_options(args)
+    report = plan(
+        args.pipeline, options, details=args.json, credits=not args.offline, refresh_estimates=args.refresh_estimates
+    )
+    if args.offline:
+        report = offline_bill(report, args.pipeline, options)
     if args.json:
         out.result(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
         return EXIT_OK

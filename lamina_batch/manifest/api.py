@@ -25,7 +25,11 @@ __all__ = ["Manifest"]
 _BEGIN = (
     ", attempts = ?, submitted_at = ?, inputs_json = ?, remote_id = NULL, error = NULL, error_code = NULL, "
     "request_id = NULL, finished_at = NULL, remote_duration = NULL, outputs_json = '[]', downloads_json = '[]', "
-    "output_labels_json = ?, needs_json = ?"
+    "output_labels_json = ?, needs_json = ?, "
+    # an earlier attempt that created a remote run cost something: carried into credits_earlier (the right-hand
+    # sides read the row as it was before this UPDATE)
+    "credits_earlier = credits_earlier + CASE WHEN remote_id IS NOT NULL "
+    "THEN COALESCE(credits_actual, credits_estimate, 0) ELSE 0 END, credits_estimate = ?, credits_actual = NULL"
 )
 
 
@@ -92,9 +96,12 @@ class Manifest(Reader):
 
     # ----------------------------------------------------------------- starting
 
-    def begin_attempt(self, run: PlannedRun, inputs: Mapping[str, Any]) -> RunRecord:
+    def begin_attempt(
+        self, run: PlannedRun, inputs: Mapping[str, Any], *, credits_estimate: float | None = None
+    ) -> RunRecord:
         """Record the intent to start `run` with `inputs` (-> submitting, attempts+1), committed before the
-        start request goes out. Refuses a run that is running or completed: that would pay twice."""
+        start request goes out, with the expected credits it is started under. Refuses a run that is running or
+        completed: that would pay twice."""
         now = self._clock()
         plan = plan_values(run)
         inputs_json = dumps(dict(inputs))
@@ -106,7 +113,15 @@ class Manifest(Reader):
             ).fetchone()
             if row is None:
                 attempts, created = 1, now
-                insert_run(c, plan, run.identity, inputs_json=inputs_json, state=RunState.SUBMITTING, now=now)
+                insert_run(
+                    c,
+                    plan,
+                    run.identity,
+                    inputs_json=inputs_json,
+                    state=RunState.SUBMITTING,
+                    now=now,
+                    credits_estimate=credits_estimate,
+                )
                 self._move(c, run.identity, None, RunState.SUBMITTING, at=now, detail="attempt 1")
             else:
                 old = RunState(row[0])
@@ -117,7 +132,7 @@ class Manifest(Reader):
                     )
                 attempts, created = int(row[2]) + 1, row[3]
                 # indexed columns are left alone unless they changed: each index entry rewritten costs WAL pages
-                values = (attempts, now, inputs_json, plan["output_labels_json"], plan["needs_json"])
+                values = (attempts, now, inputs_json, plan["output_labels_json"], plan["needs_json"], credits_estimate)
                 detail = f"attempt {attempts}"
                 self._move(
                     c, run.identity, old, RunState.SUBMITTING, at=now, detail=detail, assignments=_BEGIN, values=values
@@ -141,6 +156,7 @@ class Manifest(Reader):
             created_at=created,
             updated_at=now,
             submitted_at=now,
+            credits_estimate=credits_estimate,
         )
 
     def set_remote_id(

@@ -116,6 +116,9 @@ def record_of(row: Sequence[Any]) -> RunRecord:
         error_code=row[21],
         request_id=row[22],
         downloads=_load_downloads(row[23]),
+        credits_estimate=row[24],
+        credits_actual=row[25],
+        credits_earlier=row[26] or 0.0,
     )
 
 
@@ -142,6 +145,7 @@ def insert_run(
     inputs_json: str,
     state: RunState,
     now: str,
+    credits_estimate: float | None = None,
 ) -> None:
     """A new `runs` row in `state` (pending, or submitting for a first start intent)."""
     submitting = state is RunState.SUBMITTING
@@ -157,6 +161,8 @@ def insert_run(
         submitted_at=now if submitting else None,
         outputs_json="[]",
         downloads_json="[]",
+        credits_estimate=credits_estimate,
+        credits_earlier=0.0,
     )
     c.execute(INSERT_RUN, values)
 

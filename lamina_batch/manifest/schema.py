@@ -45,6 +45,9 @@ RUN_COLUMNS = (
     "error_code",
     "request_id",
     "downloads_json",
+    "credits_estimate",
+    "credits_actual",
+    "credits_earlier",
 )
 
 
