@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .binding import bind_manifest
-from .errors import ConfigError
+from .errors import ConfigError, CreditsError, Problem
 from .events import Event, Notice, PlanReady, ReportWritten, StopReason
 from .models import Pipeline, RunState
 from .options import BatchOptions, PipelineSource, download_timeout, listen_address, output_dir_for, prepare_pipeline
@@ -205,12 +205,13 @@ async def _execute(prepared: _Prepared, options: BatchOptions, target: ApiTarget
         output_dir = prepared.output_dir
         with Manifest.open(pipeline.manifest, pipeline_name=pipeline.name, writer=True) as manifest:
             bind_manifest(manifest, target_origin(target, pipeline), lambda text: emit(Notice(text)))
+            prices = await _check_credits(prepared, options, client, target, manifest, emit)
             downloader = (
                 Downloader(output_dir, total_timeout=download_timeout(options))
                 if pipeline.download is not None
                 else None
             )
-            exec_options = _exec_options(pipeline, options, prepared.shard)
+            exec_options = dataclasses.replace(_exec_options(pipeline, options, prepared.shard), credit_prices=prices)
             executor = Executor(pipeline, manifest, client, exec_options, emit=emit, downloader=downloader)
             totals = {s.id: prepared.digest.totals.get(s.id, 0) for s in pipeline.steps}
             try:
@@ -251,6 +252,79 @@ async def _preflight(prepared: _Prepared, client: LaminaClient, target: ApiTarge
         problems = await check_apps(pipeline, client, runs, digest=prepared.digest)
     if problems:
         raise ConfigError(problems)
+
+
+async def _check_credits(
+    prepared: _Prepared,
+    options: BatchOptions,
+    client: LaminaClient,
+    target: ApiTarget,
+    manifest: Manifest,
+    emit: EventHandler,
+) -> dict[str, float]:
+    """Before the first start: one estimate per app (asked afresh, and cached for `plan`); the expected cost of
+    what this invocation may start (runs_to_start, within max_starts, at most max_credits) held against the
+    balance. CreditsError (nothing started) when it exceeds the balance, or when the cost is unknown while
+    max_credits is set. Returns each app's expected credits per run, for the budget and the manifest."""
+    from .credits import NO_ESTIMATE_API, bill_of, cache_path, estimate_inputs, fetch_estimates, origin_of, unknown
+    from .planner import starts_planned
+
+    pipeline = prepared.pipeline
+    limit = pipeline.run.max_credits
+    if client.supports_estimate:
+        estimates = await fetch_estimates(
+            client,
+            estimate_inputs(pipeline, prepared.shard),
+            cache=cache_path(pipeline.manifest),
+            origin=origin_of(target.base_url, emulator=target.emulator),
+            refresh=True,
+        )
+    else:
+        estimates = unknown(NO_ESTIMATE_API)
+    why = estimates.why_unknown(s.app for s in pipeline.steps)
+    if why is not None:
+        if limit is not None:
+            raise CreditsError(
+                Problem(
+                    f"the batch's cost is unknown ({why}) and max_credits is set: refusing to start rather than "
+                    "spend blind",
+                    hint="run again when the estimate answers, or drop max_credits / --max-credits",
+                )
+            )
+        emit(Notice(f"credits: the batch's cost is unknown ({why}); starting anyway (max_credits would refuse)"))
+    prices = {app: e.expected for app, e in estimates.by_app.items()}
+    balance = estimates.balance
+    if why is None and balance is not None:
+        starts = starts_planned(
+            pipeline,
+            manifest,
+            retry_failed=options.retry_failed,
+            restart_unknown=options.restart_unknown,
+            shard=prepared.shard,
+            max_starts=pipeline.run.max_starts,
+        )
+        bill = bill_of(pipeline, starts, estimates)
+        expected = bill.expected or 0.0
+        may_commit = expected if limit is None else min(expected, limit)
+        if may_commit > balance:
+            raise CreditsError(
+                Problem(
+                    f"this invocation would start {bill.runs} runs expected to cost {_n(expected)} credits"
+                    f"{_span(bill.range)}, more than the balance of {_n(balance)}: nothing was started",
+                    hint="top up; or start fewer now with --max-starts N or --max-credits N, narrow the rows with "
+                    "a `where`, or split the batch with --shard I/N",
+                )
+            )
+        emit(Notice(f"credits: {bill.runs} runs to start, {_n(expected)} expected; balance {_n(balance)}"))
+    return prices
+
+
+def _n(value: float) -> str:
+    return f"{value:,.2f}".rstrip("0").rstrip(".")
+
+
+def _span(span: tuple[float, float] | None) -> str:
+    return "" if span is None or span[0] == span[1] else f" (range {_n(span[0])}-{_n(span[1])})"
 
 
 def _exec_options(pipeline: Pipeline, options: BatchOptions, shard: tuple[int, int] | None) -> ExecOptions:

@@ -11,6 +11,8 @@
     |   +-- OptionError                   a run option (`BatchOptions` field / `run` flag) is malformed
     |   +-- UnreachableError              the API cannot be reached or used before anything started
     |   +-- OriginMismatchError           the manifest belongs to another server (binding.py)
+    |   +-- CreditsError                  the batch would cost more than the balance, or its cost is unknown
+    |                                     under max_credits (refused before any start)
     +-- ManifestError                     the manifest is unreadable, corrupt or of another pipeline (exit 2)
     |   +-- ManifestLockedError           another process holds the writer lock (exit 3)
     |   +-- IllegalTransitionError        a state change the run lifecycle forbids (refused, nothing written)
@@ -133,6 +135,9 @@ class UnreachableError(ConfigError):
 class OriginMismatchError(ConfigError):
     """The manifest was made against another API origin (or the emulator): acting on it here would mix two
     servers' runs. The message names both origins and the fix."""
+class CreditsError(ConfigError):
+    """Refused before the first start: the expected cost of what this invocation may start exceeds the balance,
+    or the cost is unknown while `max_credits` is set (never spend blind under a budget)."""
 
 
 class ManifestError(LaminaBatchError):

@@ -73,6 +73,8 @@ class BatchOptions:
     def manifest_given(self) -> bool:
         """True when `manifest` names the file: it is then used exactly as given (no shard/emulator suffix)."""
         return self.manifest is not None
+    # never commit more credits than this in one invocation (expected estimate per run started); positive
+    max_credits: float | str | None = None
 
     @property
     def shard_pair(self) -> tuple[int, int] | None:
@@ -161,6 +163,8 @@ def apply_options(pipeline: Pipeline, options: BatchOptions) -> Pipeline:
             changes[name] = _parsed(parse_duration, value, name, "90, 90s, 15m, 2h")
     if options.max_starts is not None:
         changes["max_starts"] = _at_least_one(options.max_starts, "max_starts")
+    if options.max_credits is not None:
+        changes["max_credits"] = _positive_number(options.max_credits, "max_credits")
     limit = options.max_failures
     if limit is not None:
         changes["max_failures"] = (
@@ -252,6 +256,21 @@ def _at_least_one(value: int, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise OptionError("{0} " + _literal(repr(value)) + " must be a whole number, 1 or more", name)
     return value
+
+
+def _positive_number(value: object, name: str) -> float:
+    """A positive, finite number of credits ("2000", 2000, 12.5); OptionError otherwise."""
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            number = None
+    if number is None or not 0 < number < float("inf"):
+        raise OptionError("{0} " + _literal(repr(value)) + " must be a positive number of credits (e.g. 2000)", name)
+    return number
 
 
 def _parsed(parse: Callable[[object], T], value: object, name: str, example: str) -> T:

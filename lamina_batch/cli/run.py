@@ -72,6 +72,8 @@ def register(commands: Commands) -> None:
         help=f"write a report at the end (repeatable); FORMAT is one of {', '.join(REPORT_FORMATS)}",
     )
     r.add_argument("--no-progress", action="store_true", help="no progress bars or summary lines")
+    # credits (issue 16): a positive number, checked by BatchOptions (exit 2 otherwise)
+    r.add_argument("--max-credits", metavar="N", help="commit at most N credits (expected) in this invocation")
     add_emulator_flag(r)
     # issue 15: the edges of a run (empty batches, CI progress, a flag people try)
     r.add_argument("--allow-empty", action="store_true", help="a batch that plans nothing exits 0, not 2")
@@ -179,6 +181,7 @@ class RunView:
 def finish(result: BatchResult, out: Out, flags: str = "") -> int:
     """Print the final line (stdout when all is well, else stderr with what to do) and pick the exit code.
     `flags`: those a pasted hint needs (`--manifest ...`), so every hint works as printed."""
+    from lamina_batch.errors import InsufficientCreditsError
     from lamina_batch.events import StopReason
 
     line = run_line(result)
@@ -189,6 +192,18 @@ def finish(result: BatchResult, out: Out, flags: str = "") -> int:
     if reason is StopReason.SIGTERM:
         out.err(f"{line}. Terminated: run the same command again to resume.")
         return EXIT_SIGTERM
+    if reason is StopReason.MAX_CREDITS:
+        out.err(
+            f"{line}. Stopped early: {result.message or 'max_credits reached'}. Run the same command again to "
+            "continue within a new budget (each invocation has its own max_credits), or raise --max-credits."
+        )
+        return EXIT_STOPPED
+    if reason is StopReason.FATAL and isinstance(result.fatal_error, InsufficientCreditsError):
+        out.err(
+            f"{line}. Stopped early: out of credits ({result.fatal_error}); runs not started stay pending. "
+            "Top up and run the same command again to resume."
+        )
+        return EXIT_STOPPED
     if reason in (StopReason.MAX_FAILURES, StopReason.MAX_STARTS, StopReason.FATAL):
         why = result.message or reason.name.lower()
         if result.fatal_error is not None:

@@ -5,7 +5,7 @@ stop scope, and the guards (why the batch stops, the fatal API answer, the failu
 from __future__ import annotations
 
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -43,6 +43,9 @@ class ExecOptions:
     webhook_grace: float | None = None
     # after a SIGINT/SIGTERM, seconds a start already sent gets to answer (its id recorded) before it is dropped
     start_grace: float = START_GRACE
+    # expected credits of one run per app (the estimates `run` fetched): each start commits its app's against
+    # max_credits and is recorded with it; an app missing here costs nothing known
+    credit_prices: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def choices(self) -> Choices:

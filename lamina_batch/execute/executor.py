@@ -19,6 +19,7 @@ from lamina_batch.lifecycle import COMPLETE, RUN_FAILED, UPSTREAM_FAILED, Action
 from lamina_batch.matrix import expand_runs
 from lamina_batch.models import ItemPlan, PlannedRun, RunOutput, RunRecord, RunState
 
+from .budget import CreditBudget
 from .complete import Completer
 from .context import BatchContext, ExecOptions, Guards, adopted, finished
 from .follow import Durations, Follower, WebhookWaits
@@ -96,7 +97,8 @@ class Executor:
         self._follower = Follower(ctx, durations, self._webhooks)
         self._completer = Completer(ctx, durations, downloader)
         self._reconciler = Reconciler(ctx)
-        self._ledger = StartLedger(settings.max_starts, self._guards)
+        budget = CreditBudget(settings.max_credits, options.credit_prices, self._guards)
+        self._ledger = StartLedger(settings.max_starts, self._guards, budget)
         self._starter = Starter(ctx, self._ledger, self._reconciler, self._completer)
         self._slots = scope.pool(max(1, settings.concurrency))
         self._step_caps: dict[str, Pool] = {

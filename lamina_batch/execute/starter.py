@@ -27,6 +27,7 @@ from lamina_batch.matrix import render_inputs
 from lamina_batch.models import PlannedRun, RemoteRun, RunOutput, RunRecord, RunState
 from lamina_batch.retry import Backoff
 
+from .budget import CreditBudget
 from .complete import Completer
 from .context import BatchContext, Guards, adopted, describe, finished
 from .outcomes import IN_FLIGHT_SUBMITTING, NOT_STARTED, Outcome, Started, StartResult, TryAgain
@@ -40,36 +41,49 @@ class StartLedger:
     """Starts of this invocation: `reserved` counts those sent or being sent that may have created a run (what
     max_starts bounds), `starts` those known to have (a reply, or a run adopted by reconciling)."""
 
-    def __init__(self, max_starts: int | None, guards: Guards) -> None:
+    def __init__(self, max_starts: int | None, guards: Guards, budget: CreditBudget | None = None) -> None:
         self._max = max_starts
         self._guards = guards
+        self.budget = budget
         self.reserved = 0
         self.starts = 0
 
-    def may_start(self) -> bool:
-        """False once max_starts starts are reserved (and then the batch stops starting, MAX_STARTS)."""
+    def may_start(self, app_id: str | None = None) -> bool:
+        """False once max_starts starts are reserved (and then the batch stops starting, MAX_STARTS), or when a
+        run of `app_id` would take the credits committed past max_credits (MAX_CREDITS)."""
         if self._max is not None and self.reserved >= self._max:
             self._guards.soft_stop(StopReason.MAX_STARTS, f"max_starts reached: {self.starts} runs started")
             return False
-        return True
+        return app_id is None or self.budget is None or self.budget.fits(app_id)
 
-    def reserve(self) -> Reservation:
+    def price(self, app_id: str) -> float | None:
+        """The expected credits of one run of `app_id` (None: unknown)."""
+        return None if self.budget is None else self.budget.price(app_id)
+
+    def reserve(self, credits: float = 0.0) -> Reservation:
+        """A start about to be sent, committing `credits` (its expected cost) until it is known to have created
+        nothing."""
         self.reserved += 1
-        return Reservation(self)
+        if self.budget is not None:
+            self.budget.commit(credits)
+        return Reservation(self, credits)
 
 
 class Reservation:
     """One start that may have created a run: `release()` when it created nothing, `confirm()` when it did;
     left as it is (a run may exist: reply lost, or abandoned at a stop) it keeps counting against max_starts."""
 
-    def __init__(self, ledger: StartLedger) -> None:
+    def __init__(self, ledger: StartLedger, credits: float = 0.0) -> None:
         self._ledger = ledger
+        self._credits = credits
         self._open = True
 
     def release(self) -> None:
         if self._open:
             self._open = False
             self._ledger.reserved -= 1
+            if self._ledger.budget is not None:
+                self._ledger.budget.commit(-self._credits)
 
     def confirm(self) -> None:
         if self._open:
@@ -89,22 +103,22 @@ class Starter:
         self._completer = completer
         self._backoffs: dict[str, Backoff] = {}
 
-    def _may_start(self) -> bool:
-        return not self._ctx.scope.no_starts.is_set() and self._ledger.may_start()
+    def _may_start(self, app_id: str | None = None) -> bool:
+        return not self._ctx.scope.no_starts.is_set() and self._ledger.may_start(app_id)
 
     async def start(self, run: PlannedRun, upstream: Mapping[str, Sequence[RunOutput]]) -> StartResult:
         """Start `run` (a new attempt): a Started to follow, or how it ended without one."""
         scope = self._ctx.scope
         gate = scope.app_gate(run.app_id)
         while True:
-            if not self._may_start():
+            if not self._may_start(run.app_id):
                 return NOT_STARTED
             try:
                 await gate.acquire(scope.no_starts)
             except Interrupted:
                 return NOT_STARTED
             try:
-                result = await self._start_once(run, upstream) if self._may_start() else NOT_STARTED
+                result = await self._start_once(run, upstream) if self._may_start(run.app_id) else NOT_STARTED
             except BaseException:
                 gate.release()
                 raise
@@ -142,10 +156,11 @@ class Starter:
         except TemplateError as e:
             return self._completer.fail_without_request(run, str(e), TEMPLATE_ERROR)
         crashpoint("before-intent")
-        rec = self._manifest.begin_attempt(run, inputs)
+        price = self._ledger.price(run.app_id)
+        rec = self._manifest.begin_attempt(run, inputs, credits_estimate=price)
         crashpoint("after-intent")
         submitted = rec.submitted_epoch or self._ctx.now()
-        reservation = self._ledger.reserve()
+        reservation = self._ledger.reserve(price or 0.0)
         try:
             remote = await self._send(run, inputs)
         except Interrupted:
