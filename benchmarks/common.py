@@ -57,6 +57,7 @@ class EmuStats:
     completed: int
     server_cpu: float
     first_api_time: float | None = None  # wall-clock time of the first API request it answered
+    estimate_requests: int = 0  # of api_requests: cost estimates (credits), at most one per app per invocation
 
 
 class EmulatorProcess:
@@ -108,6 +109,7 @@ class EmulatorProcess:
             webhooks_delivered=d["webhooks_delivered"],
             completed=int(d["statuses"].get("completed", 0)),
             server_cpu=float(d["server_cpu"]),
+            estimate_requests=int(d.get("estimate_requests", 0)),
             first_api_time=d.get("first_api_time"),
         )
 

@@ -27,6 +27,9 @@ def snapshot(emu: Emulator) -> dict[str, Any]:
     api = st.api_requests()
     return {
         "api_requests": len(api),
+        # estimate requests (at most one per app per invocation) are counted in api_requests like any other
+        # request against the rate limit, and reported on their own so the per-run figure can be read honestly
+        "estimate_requests": sum(1 for r in api if r.path.endswith("/estimate")),
         "first_api_time": min((r.time for r in api), default=None),
         "starts": st.starts,
         "duplicate_starts": sum(n - 1 for n in st.duplicate_starts().values()),

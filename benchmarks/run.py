@@ -173,6 +173,7 @@ class Bench:
                 "server_cpu": round(st.server_cpu, 2),
                 "peak_active": st.peak_active,
                 "starts": st.starts,
+                "estimate_requests": st.estimate_requests,  # included in requests and requests_per_run
                 "startup": round(startup_time(res, st), 2),
             },
         )

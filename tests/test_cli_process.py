@@ -129,16 +129,36 @@ def test_failed_runs_exit_1_and_retry_failed_reruns_them(tmp_path: Path, emulato
     assert emulator.stats.starts == starts + 1  # the hero again; its banner still blocked
 
 
-def test_insufficient_credits_stops_with_exit_3(tmp_path: Path, make_emulator: Callable[..., Emulator]) -> None:
-    """Running out of credits stops new starts, records what ran, and exits 3 (resumable)."""
-    emu = make_emulator(credits=12)  # the hero app costs 4 credits a run: three runs fit
-    pipeline = write_pipeline(tmp_path, 6, banner=False, concurrency=1)
-    res = run_cli(pipeline, cli_env(emu))
+def test_insufficient_credits_mid_batch_stops_with_exit_3_and_resumes_after_a_top_up(
+    tmp_path: Path, make_emulator: Callable[..., Emulator]
+) -> None:
+    """The balance running out under a batch (another job spent it) stops new starts at once with exit 3 and
+    "top up"; the refused run stays pending (not failed, not judged by max_failures) and starts on the resume.
+    (Before issue 16 this batch, 24 credits against 12, was refused only at its fourth start; now the balance check
+    refuses it before any start, so the balance drops mid-batch instead.)"""
+    emu = make_emulator(credits=24)  # the hero app costs 4 credits a run: all six fit when the batch starts
+    seen: list[str] = []
+
+    def spend_elsewhere(app_id: str, inputs: dict[str, Any]) -> None:
+        seen.append(app_id)
+        if len(seen) == 3:
+            emu.set_credits(4)  # another job spent the rest: this third start still fits, the fourth does not
+
+    emu.on_start(spend_elsewhere)
+    pipeline = write_pipeline(tmp_path, 6, banner=False, concurrency=1, extra_run="  max_failures: 1")
+    env = cli_env(emu)
+    res = run_cli(pipeline, env)
     assert res.returncode == 3, res.stderr
-    assert "credits" in res.stderr.lower()
+    assert "Top up and run the same command again" in res.stderr
     states = manifest_states(pipeline)
     assert states.get("completed") == 3
+    assert states.get("pending") == 1 and "failed" not in states
     assert emu.stats.starts == 3
+    emu.on_start(None)
+    emu.top_up(12)
+    again = run_cli(pipeline, env)
+    assert again.returncode == 0, again.stderr
+    assert_exactly_once(emu, 6)
 
 
 def test_max_starts_guard_exits_3_and_resumes(tmp_path: Path, emulator: Emulator) -> None:

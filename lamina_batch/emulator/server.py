@@ -76,6 +76,7 @@ class EmulatorCore:
         # Test-only controls, set through `Emulator` methods in the same process; no request can reach them.
         self.start_hook: Callable[[str, dict[str, Any]], None] | None = None
         self.result_hook: Callable[[str], None] | None = None
+        self.estimate_fault: str | None = None  # test-only: "500" or "malformed" estimate replies
         self.kill_at: list[int] | None = None  # [pid, runs still to be created before the kill]
         if self._journal is not None:
             self._reload(self._journal)
@@ -472,6 +473,10 @@ class EmulatorCore:
         _, _, problems = validate_start_body(app, body, inputs_required=False)
         if problems:
             return self._validation(f"Invalid inputs for {app.name}", problems, h)
+        if self.estimate_fault == "500":
+            return self._error(500, "INTERNAL_ERROR", "Estimate failed", headers=h)
+        if self.estimate_fault == "malformed":
+            return json_reply(200, {"data": {"appId": app.app_id, "estimatedCredits": "soon"}}, h)
         self.stats.estimates_served += 1
         return json_reply(200, {"data": estimate_body(app, self.credits_remaining)}, h)
 
@@ -633,6 +638,17 @@ class Emulator:
         """Call `hook(run_id)` on the emulator's thread for every status or /wait request, when it arrives and
         before it is answered (None removes it). The hook must not raise; it may block briefly."""
         self._core.result_hook = hook
+
+    def fail_estimates(self, fault: str | None) -> None:
+        """Test-only: answer every estimate with `fault`: "500" (INTERNAL_ERROR) or "malformed" (200 without an
+        expected figure); None answers them again."""
+        if fault not in (None, "500", "malformed"):
+            raise ValueError(f"unknown estimate fault {fault!r}")
+
+        def change() -> None:
+            self._core.estimate_fault = fault
+
+        self._on_loop(change)
 
     def top_up(self, credits: float) -> float:
         """Add `credits` to the balance, between requests; returns the new balance (tests: "insufficient credits
