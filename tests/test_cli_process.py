@@ -152,7 +152,8 @@ def test_insufficient_credits_mid_batch_stops_with_exit_3_and_resumes_after_a_to
     assert "Top up and run the same command again" in res.stderr
     states = manifest_states(pipeline)
     assert states.get("completed") == 3
-    assert states.get("pending") == 1 and "failed" not in states
+    assert states.get("pending") == 1
+    assert "failed" not in states
     assert emu.stats.starts == 3
     emu.on_start(None)
     emu.top_up(12)

@@ -61,7 +61,10 @@ def test_bill_multiplies_runs_by_expected_with_range_total_and_balance(tmp_path:
     pipeline = load_pipeline(write_pipeline(tmp_path, 3))
     estimates = Estimates({HERO: _estimate(4, 3, 6, 40), BANNER: _estimate(6, 6, 6, 40)})
     bill = bill_of(pipeline, {"hero": 3, "banner": 2}, estimates)
-    assert bill.expected == 24 and bill.range == (21, 30) and bill.balance == 40 and bill.affordable
+    assert bill.expected == 24
+    assert bill.range == (21, 30)
+    assert bill.balance == 40
+    assert bill.affordable
     text = "\n".join(bill.render_lines())
     assert "hero: 3 runs x 4 = 12 (9-18)" in text
     assert "banner: 2 runs x 6 = 12" in text
@@ -70,7 +73,8 @@ def test_bill_multiplies_runs_by_expected_with_range_total_and_balance(tmp_path:
     poorer = bill_of(
         pipeline, {"hero": 3, "banner": 2}, Estimates({HERO: _estimate(4, 3, 6, 20), BANNER: _estimate(6, 6, 6, 20)})
     )
-    assert poorer.affordable is False and "NOT affordable" in "\n".join(poorer.render_lines())
+    assert poorer.affordable is False
+    assert "NOT affordable" in "\n".join(poorer.render_lines())
 
 
 def test_bill_without_an_estimate_for_a_starting_step_is_unknown_and_says_why(tmp_path: Path) -> None:
@@ -78,7 +82,8 @@ def test_bill_without_an_estimate_for_a_starting_step_is_unknown_and_says_why(tm
     pipeline = load_pipeline(write_pipeline(tmp_path, 3))
     estimates = Estimates({HERO: _estimate(4, 3, 6)}, {BANNER: "estimate for app_9Qx1 failed: boom"})
     bill = bill_of(pipeline, {"hero": 3, "banner": 3}, estimates)
-    assert bill.expected is None and bill.affordable is None
+    assert bill.expected is None
+    assert bill.affordable is None
     assert "total: unknown (estimate for app_9Qx1 failed: boom)" in "\n".join(bill.render_lines())
     # a step that starts nothing does not need a price
     assert bill_of(pipeline, {"hero": 3}, estimates).expected == 12
@@ -100,14 +105,18 @@ def test_estimates_ask_once_per_app_then_come_from_the_cache_until_refreshed(
             return await fetch_estimates(client, inputs, cache=cache, origin="o", refresh=refresh)
 
     first = asyncio.run(fetch(False))
-    assert first.requests == 2 and _estimates_asked(emu) == 2
+    assert first.requests == 2
+    assert _estimates_asked(emu) == 2
     assert (first.by_app[HERO].expected, first.by_app[HERO].min, first.by_app[HERO].max) == (4, 3, 6)
-    assert first.by_app[BANNER].expected == 6 and first.balance == 50
+    assert first.by_app[BANNER].expected == 6
+    assert first.balance == 50
     again = asyncio.run(fetch(False))
-    assert again.requests == 0 and _estimates_asked(emu) == 2
+    assert again.requests == 0
+    assert _estimates_asked(emu) == 2
     assert again.by_app == first.by_app
     fresh = asyncio.run(fetch(True))
-    assert fresh.requests == 2 and _estimates_asked(emu) == 4
+    assert fresh.requests == 2
+    assert _estimates_asked(emu) == 4
 
 
 def test_cached_estimates_expire_after_an_hour_and_belong_to_their_origin(tmp_path: Path) -> None:
@@ -152,8 +161,10 @@ def test_an_estimate_that_fails_leaves_that_app_unknown_with_why(reply: httpx.Re
     result = asyncio.run(go())
     assert HERO not in result.by_app
     why = result.why_unknown([HERO])
-    assert why is not None and why.startswith(f"estimate for {HERO} failed")
-    assert sent and all(p == f"/v1/apps/{HERO}/estimate" for p in sent)
+    assert why is not None
+    assert why.startswith(f"estimate for {HERO} failed")
+    assert sent
+    assert all(p == f"/v1/apps/{HERO}/estimate" for p in sent)
 
 
 def test_executions_dialect_has_no_estimate_and_sends_nothing() -> None:
@@ -166,7 +177,8 @@ def test_executions_dialect_has_no_estimate_and_sends_nothing() -> None:
             return await fetch_estimates(c, {HERO: None})
 
     result = asyncio.run(go())
-    assert result.why_unknown([HERO]) == NO_ESTIMATE_API and not sent
+    assert result.why_unknown([HERO]) == NO_ESTIMATE_API
+    assert not sent
 
 
 # --------------------------------------------------------------------------- the CLI: plan
@@ -193,7 +205,8 @@ def test_plan_prints_the_bill_per_step_and_carries_it_in_json(
     assert [(s["step"], s["runs"], s["expected"]) for s in doc["steps"]] == [("hero", 3, 12), ("banner", 3, 18)]
     capped = json.loads(_plan(pipeline, env, "--json", "--max-starts", "2").stdout)
     # the first two starts in plan order: row 1's hero and its banner
-    assert capped["starts"] == {"hero": 1, "banner": 1} and capped["credits"]["expected"] == 10
+    assert capped["starts"] == {"hero": 1, "banner": 1}
+    assert capped["credits"]["expected"] == 10
     _plan(pipeline, env, "--refresh-estimates")
     assert _estimates_asked(emu) == 4
     assert not manifest_path(pipeline).exists()  # plan never creates the manifest
@@ -208,7 +221,8 @@ def test_plan_without_a_key_or_offline_sends_nothing_and_says_unknown(
     pipeline = write_pipeline(tmp_path, 2)
     env = cli_env(emu)
     offline = _plan(pipeline, env, "--offline")
-    assert offline.returncode == 0 and "credits: unknown (--offline)" in offline.stdout
+    assert offline.returncode == 0
+    assert "credits: unknown (--offline)" in offline.stdout
     keyless = {k: v for k, v in env.items() if k != "LAMINA_API_KEY"}
     res = _plan(pipeline, keyless)
     assert res.returncode == 0, res.stderr
@@ -227,15 +241,19 @@ def test_run_refuses_an_unaffordable_batch_before_any_start(
     pipeline = write_pipeline(tmp_path, 3)  # 3 x 4 + 3 x 6 = 30 expected
     res = run_cli(pipeline, cli_env(emu))
     assert res.returncode == 2, res.stderr
-    assert "30 credits" in res.stderr and "balance of 20" in res.stderr
-    assert "top up" in res.stderr and "--max-starts" in res.stderr and "where" in res.stderr
+    assert "30 credits" in res.stderr
+    assert "balance of 20" in res.stderr
+    assert "top up" in res.stderr
+    assert "--max-starts" in res.stderr
+    assert "where" in res.stderr
     assert "--shard" in res.stderr
     assert "Traceback" not in res.stderr
     assert emu.stats.starts == 0
     # what fits the balance is allowed: the budget caps this invocation at 20
     capped = run_cli(pipeline, cli_env(emu), "--max-credits", "20")
     assert capped.returncode == 3, capped.stderr
-    assert emu.credits_remaining is not None and emu.credits_remaining >= 0
+    assert emu.credits_remaining is not None
+    assert emu.credits_remaining >= 0
 
 
 def test_budget_stops_part_way_and_the_resume_continues_within_a_new_budget(
@@ -248,7 +266,8 @@ def test_budget_stops_part_way_and_the_resume_continues_within_a_new_budget(
     env = cli_env(emu)
     first = run_cli(pipeline, env, "--max-credits", "10")
     assert first.returncode == 3, first.stderr
-    assert "max_credits" in first.stderr and "--max-credits" in first.stderr
+    assert "max_credits" in first.stderr
+    assert "--max-credits" in first.stderr
     assert emu.stats.starts == 2  # 8 committed; a third would make 12
     second = run_cli(pipeline, env, "--max-credits", "10")
     assert second.returncode == 3, second.stderr
@@ -270,7 +289,8 @@ def test_max_credits_must_be_a_positive_number(
     pipeline = write_pipeline(tmp_path, 2)
     res = run_cli(pipeline, cli_env(emu), f"--max-credits={bad}")
     assert res.returncode == 2
-    assert "--max-credits" in res.stderr and "positive number" in res.stderr
+    assert "--max-credits" in res.stderr
+    assert "positive number" in res.stderr
     assert emu.stats.requests == []
 
 
@@ -285,7 +305,8 @@ def test_an_estimate_that_fails_refuses_under_a_budget_and_goes_on_without_one(
     env = cli_env(emu)
     refused = run_cli(pipeline, env, "--max-credits", "100")
     assert refused.returncode == 2, refused.stderr
-    assert "cost is unknown" in refused.stderr and "max_credits" in refused.stderr
+    assert "cost is unknown" in refused.stderr
+    assert "max_credits" in refused.stderr
     assert emu.stats.starts == 0
     ran = run_cli(pipeline, env)
     assert ran.returncode == 0, ran.stderr
