@@ -228,6 +228,7 @@ class AppSummary:
     name: str
     description: str | None
     is_public: bool
+    credits: float | None = None  # credits per run, where the API lists them
 
 
 @dataclass(frozen=True)
@@ -358,6 +359,17 @@ class RunRecord:
     credits_estimate: float | None = None  # expected credits the current attempt was started under
     credits_actual: float | None = None  # what the API reported the current attempt cost, where it does
     credits_earlier: float = 0.0  # what earlier attempts of this identity cost (actual, else estimate)
+
+    @property
+    def credits(self) -> float | None:
+        """What this run has cost so far: earlier attempts plus the current one where it created a remote run
+        (its actual cost, else the estimate it was started under); None when nothing is known."""
+        current = None
+        if self.remote_id is not None:
+            current = self.credits_actual if self.credits_actual is not None else self.credits_estimate
+        if current is None:
+            return self.credits_earlier or None
+        return self.credits_earlier + current
 
     @property
     def submitted_epoch(self) -> float | None:

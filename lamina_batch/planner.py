@@ -497,6 +497,7 @@ class StatusReport:
     failures: tuple[FailureEntry, ...] = field(default_factory=tuple)
     # completed runs whose files could not all be written: failed for the exit code until a resume fetches them
     download_failures: tuple[FailureEntry, ...] = field(default_factory=tuple)
+    credits: Mapping[str, float] = field(default_factory=dict)  # per step: what its runs cost (RunRecord.credits)
 
     def total(self, state: str) -> int:
         return sum(c.get(state, 0) for c in self.steps.values())
@@ -562,6 +563,9 @@ class StatusReport:
             for f in self.download_failures:
                 key = f" [{f.row_key}]" if f.row_key is not None else ""
                 lines.append(f"  row {f.row_number}{key} {f.step_id}: {f.error or 'download failed'}")
+        if self.credits:
+            spent = ", ".join(f"{step} {_credits(v)}" for step, v in self.credits.items())
+            lines.append(f"credits: {spent}; total {_credits(sum(self.credits.values()))}")
         return "\n".join(lines)
 
 
@@ -570,6 +574,7 @@ def status_report(pipeline: Pipeline, manifest: Manifest, *, shard: tuple[int, i
     steps: dict[str, Counter[str]] = {s.id: Counter() for s in pipeline.steps}
     failures: list[FailureEntry] = []
     downloads: list[FailureEntry] = []
+    spent: dict[str, float] = {}
     for batch in _batches(_planned_runs(pipeline, shard), _BATCH):
         found = manifest.get_many(r.identity for r in batch)
         for run in batch:
@@ -592,6 +597,9 @@ def status_report(pipeline: Pipeline, manifest: Manifest, *, shard: tuple[int, i
                         rec.remote_id,
                     )
                 )
+            cost = rec.credits
+            if cost is not None:
+                spent[rec.step_id] = spent.get(rec.step_id, 0.0) + cost
             if rec.state.bad:
                 failures.append(
                     FailureEntry(
@@ -605,7 +613,13 @@ def status_report(pipeline: Pipeline, manifest: Manifest, *, shard: tuple[int, i
                         rec.remote_id,
                     )
                 )
-    return StatusReport(pipeline.name, {s: dict(c) for s, c in steps.items()}, tuple(failures), tuple(downloads))
+    return StatusReport(
+        pipeline.name, {s: dict(c) for s, c in steps.items()}, tuple(failures), tuple(downloads), spent
+    )
+
+
+def _credits(value: float) -> str:
+    return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
 def status_exit_code(report: StatusReport) -> int:

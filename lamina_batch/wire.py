@@ -234,6 +234,7 @@ def parse_app_list(body: Any) -> list[AppSummary]:
             name=str(a.get("name") or a["appId"]),
             description=None if a.get("description") is None else str(a["description"]),
             is_public=bool(a.get("isPublic", False)),
+            credits=_number_or(a.get("credits"), None),
         )
         for a in _data(body)
     ]

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,23 @@ def cli(folder: Path, emu: Emulator, *args: str) -> subprocess.CompletedProcess[
         timeout=120,
         check=False,
     )
+
+
+def test_apps_list_and_show_give_each_apps_credits(
+    make_emulator: Callable[..., Emulator], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`apps list` shows the credits per run the list states; `apps show` asks for the app's estimate (expected,
+    range, balance): one estimate request."""
+    emu = make_emulator(credits=50)
+    monkeypatch.setenv("LAMINA_BASE_URL", emu.base_url)
+    monkeypatch.setenv("LAMINA_API_KEY", emu.key)
+    assert main(["apps", "list"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    assert rows["app_7Hk2"][3] == "4"
+    assert rows["app_9Qx1"][3] == "6"
+    assert main(["apps", "show", "app_7Hk2"]) == 0
+    assert "credits: 4 a run (3-6); balance 50" in capsys.readouterr().out
+    assert sum(1 for r in emu.stats.requests if r.path.endswith("/estimate")) == 1
 
 
 def card_titles(gallery: Path) -> list[str]:

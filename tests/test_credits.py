@@ -278,6 +278,15 @@ def test_budget_stops_part_way_and_the_resume_continues_within_a_new_budget(
     with sqlite3.connect(manifest_path(pipeline)) as db:
         rows = db.execute("SELECT credits_estimate, credits_earlier FROM runs").fetchall()
     assert rows == [(4.0, 0.0)] * 6
+    status = subprocess.run(
+        [sys.executable, "-m", "lamina_batch", "status", str(pipeline)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert "credits: hero 24; total 24" in status.stdout
 
 
 @pytest.mark.parametrize("bad", ["0", "-5", "lots", "nan"])

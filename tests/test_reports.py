@@ -188,15 +188,15 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_csv_one_line_per_item_with_step_columns(tmp_path: Path) -> None:
-    """CSV: row columns, axes, then per step status/output/file/run_id/error, one line per item."""
+    """CSV: row columns, axes, then per step status/output/file/run_id/error/credits, one line per item."""
     out = tmp_path / "results.csv"
     write_csv(data(one_shot(mixed_records()), tmp_path), out)
     with out.open(newline="", encoding="utf-8") as fh:
         header = next(csv.reader(fh))
     assert header == [
         "sku", "name", "colour", "aspect",
-        "hero.status", "hero.output", "hero.file", "hero.run_id", "hero.error",
-        "banner.status", "banner.output", "banner.file", "banner.run_id", "banner.error",
+        "hero.status", "hero.output", "hero.file", "hero.run_id", "hero.error", "hero.credits",
+        "banner.status", "banner.output", "banner.file", "banner.run_id", "banner.error", "banner.credits",
     ]  # fmt: skip
     rows = read_csv(out)
     assert len(rows) == 6
@@ -590,3 +590,32 @@ def test_html_verdict_controls_and_earlier_attempts(tmp_path: Path) -> None:
     assert captions == sorted(captions)
     assert 'src="history/h-2.png" alt="attempt 2"' in strip
     assert '<i class="noimg"></i><figcaption>#1' in strip
+
+
+# ----------------------------------------------------------------------------------------------- credits
+
+
+def credit_records() -> list[RunRecord]:
+    """Row 1: hero (4, started) and banner (6 now, 6 on an earlier attempt); row 2: a refused hero (no cost)."""
+    hero = dataclasses.replace(rec("hero", 1, RunState.COMPLETED, remote_id="run_1"), credits_estimate=4.0)
+    banner = dataclasses.replace(
+        rec("banner", 1, RunState.COMPLETED, remote_id="run_2"), credits_estimate=6.0, credits_earlier=6.0
+    )
+    refused = dataclasses.replace(rec("hero", 2, RunState.PENDING), credits_estimate=4.0)
+    return [hero, banner, refused]
+
+
+def test_reports_show_credits_per_run_per_step_and_in_total(tmp_path: Path) -> None:
+    """CSV and JSONL carry each run's credits (earlier attempts included; a run never created costs nothing);
+    markdown and HTML show the credits per step and the batch total."""
+    write_csv(data(credit_records(), tmp_path), tmp_path / "r.csv")
+    rows = read_csv(tmp_path / "r.csv")
+    assert [(r["hero.credits"], r["banner.credits"]) for r in rows] == [("4", "12"), ("", "")]
+    write_jsonl(data(credit_records(), tmp_path), tmp_path / "r.jsonl")
+    lines = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [x["credits"] for x in lines] == [4.0, 12.0, None]
+    assert lines[1]["credits_earlier"] == 6.0
+    assert lines[1]["credits_estimate"] == 6.0
+    assert "Credits: hero 4, banner 12; total 16" in render_markdown(data(credit_records(), tmp_path))
+    write_html(data(credit_records(), tmp_path), tmp_path / "r.html")
+    assert "credits: hero 4, banner 12; total 16" in (tmp_path / "r.html").read_text()

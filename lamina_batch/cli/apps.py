@@ -16,6 +16,7 @@ from lamina_batch.cli.parser import Commands, add_emulator_flag
 from lamina_batch.cli.render import table
 
 if TYPE_CHECKING:
+    from lamina_batch.credits import Estimate
     from lamina_batch.models import AppInfo, AppSummary
 
 _DIALECTS = ("runs", "executions")
@@ -56,8 +57,10 @@ def cmd_apps_list(args: argparse.Namespace, out: Out) -> int:
     if args.json:
         out.result(json.dumps([dataclasses.asdict(a) for a in apps], indent=2))
     else:
-        rows = [[a.app_id, a.name, (a.description or "")[:60]] for a in apps]
-        out.result(table(rows, ["APP ID", "NAME", "DESCRIPTION"]) if rows else "no apps found")
+        # credits as the list states them: an estimate per app would cost a request per app of the catalogue
+        # (`apps show APP_ID` asks for one)
+        rows = [[a.app_id, a.name, _credits(a.credits), (a.description or "")[:60]] for a in apps]
+        out.result(table(rows, ["APP ID", "NAME", "CREDITS", "DESCRIPTION"]) if rows else "no apps found")
     return EXIT_OK
 
 
@@ -65,13 +68,16 @@ def cmd_apps_show(args: argparse.Namespace, out: Out) -> int:
     """Each parameter by its key (what Lamina's own CLI asks for) beside its name: an input may use either."""
     from lamina_batch.params import PARAMETER_HEADER, parameter_rows
 
-    app = _get_app(args)
+    app, cost = _get_app_and_cost(args)
     if args.json:
-        out.result(json.dumps(dataclasses.asdict(app), indent=2))
+        doc = dataclasses.asdict(app)
+        doc["credits"] = None if isinstance(cost, str) else cost.to_json()
+        out.result(json.dumps(doc, indent=2))
         return EXIT_OK
     out.result(f"{app.app_id}  {app.name}")
     if app.description:
         out.result(app.description)
+    out.result(_cost_line(cost))
     out.result("")
     out.result(table(parameter_rows(app), list(PARAMETER_HEADER)))
     out.result("")
@@ -93,6 +99,37 @@ def cmd_init(args: argparse.Namespace, out: Out) -> int:
     write_text_atomic(args.output, scaffold_for(app, args.csv, args.output, args.api))
     out.result(f"wrote {args.output}; check it with: lamina-batch validate {args.output}")
     return EXIT_OK
+
+
+def _credits(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def _cost_line(cost: Estimate | str) -> str:
+    """`credits: 4 a run (3-6); balance 100`, or `credits: unknown (why)`."""
+    if isinstance(cost, str):
+        return f"credits: unknown ({cost})"
+    span = "" if cost.min == cost.max else f" ({_credits(cost.min)}-{_credits(cost.max)})"
+    balance = "" if cost.balance is None else f"; balance {_credits(cost.balance)}"
+    return f"credits: {_credits(cost.expected)} a run{span}{balance}"
+
+
+def _get_app_and_cost(args: argparse.Namespace) -> tuple[AppInfo, Estimate | str]:
+    """The app and its estimate (one app-wide estimate request), or why its credits are unknown."""
+    from lamina_batch.credits import NO_ESTIMATE_API, fetch_estimates
+    from lamina_batch.target import api_target, make_client
+
+    with api_target(args.emulator) as target:
+
+        async def go() -> tuple[AppInfo, Estimate | str]:
+            async with make_client(target, args.api) as client:
+                app = await client.get_app(args.app_id)
+                if not client.supports_estimate:
+                    return app, NO_ESTIMATE_API
+                found = await fetch_estimates(client, {app.app_id: None})
+                return app, found.by_app.get(app.app_id) or found.why_unknown([app.app_id]) or "no estimate"
+
+        return asyncio.run(go())
 
 
 def _get_app(args: argparse.Namespace) -> AppInfo:

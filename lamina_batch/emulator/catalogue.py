@@ -27,6 +27,7 @@ def app_summary(app: AppDef) -> dict[str, Any]:
         "description": app.description,
         "isPublic": app.is_public,
         "parameterCount": len(app.parameters),
+        "credits": _number(app.credits),  # an extra field a list item may carry: the app's credits per run
     }
 
 

@@ -140,6 +140,27 @@ def is_web_url(value: object) -> bool:
     return isinstance(value, str) and value.lower().startswith(("http://", "https://"))
 
 
+def credits_text(value: float | None) -> str:
+    """A credits figure as a cell: 12, 2.5; empty when unknown."""
+    return "" if value is None else f"{value:.2f}".rstrip("0").rstrip(".")
+
+
+def credits_line(by_step: Mapping[str, float]) -> str | None:
+    """`credits: hero 12, banner 18; total 30` (actual cost where the API reported one, else the expected estimate
+    each run was started under), or None when no run has a known cost."""
+    if not by_step:
+        return None
+    parts = ", ".join(f"{step} {credits_text(v)}" for step, v in by_step.items())
+    return f"credits: {parts}; total {credits_text(sum(by_step.values()))}"
+
+
+def add_credits(by_step: dict[str, float], rec: RunRecord) -> None:
+    """Add `rec`'s cost (when known) to its step's sum."""
+    cost = rec.credits
+    if cost is not None:
+        by_step[rec.step_id] = by_step.get(rec.step_id, 0.0) + cost
+
+
 def error_text(rec: RunRecord) -> str:
     """The reason a run is not completed, or the errors of its outputs when the run itself succeeded."""
     if rec.error:

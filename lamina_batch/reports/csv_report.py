@@ -1,4 +1,5 @@
-"""The results CSV: the input rows in their order, with each step's status, output, file, run id and error.
+"""The results CSV: the input rows in their order, with each step's status, output, file, run id, error and
+credits.
 
 Streams one matrix item at a time; every cell is escaped against spreadsheet formula injection.
 """
@@ -13,13 +14,14 @@ from lamina_batch.atomic import atomic_text_writer
 from lamina_batch.models import RunRecord
 from lamina_batch.reports.common import (
     ReportInput,
+    credits_text,
     error_text,
     iter_items,
     latest_per_step,
     output_text,
 )
 
-STEP_COLUMNS = ("status", "output", "file", "run_id", "error")
+STEP_COLUMNS = ("status", "output", "file", "run_id", "error", "credits")
 MULTI_SEPARATOR = " | "
 # A spreadsheet evaluates a cell starting with one of these as a formula (OWASP "CSV injection").
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -47,6 +49,7 @@ def _step_cells(rec: RunRecord | None) -> list[str]:
         MULTI_SEPARATOR.join(d.path for d in rec.downloads),
         rec.remote_id or "",
         error_text(rec),
+        credits_text(rec.credits),
     ]
 
 

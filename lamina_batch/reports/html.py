@@ -22,7 +22,10 @@ from lamina_batch.reports.common import (
     STATE_ORDER,
     PastAttempt,
     ReportInput,
+    add_credits,
     axes_label,
+    credits_line,
+    credits_text,
     error_text,
     is_web_url,
     iter_items,
@@ -90,6 +93,7 @@ class _Gallery:
     remote: int = 0
     counts: dict[RunState, int] = field(default_factory=dict)
     verdict_counts: dict[str, int] = field(default_factory=dict)
+    credits: dict[str, float] = field(default_factory=dict)  # per step: what its runs cost (issue 16)
 
     def local_image(self, rel_path: str, caption: str) -> _Image:
         self.local += 1
@@ -231,6 +235,7 @@ def _step_html(g: _Gallery, rec: RunRecord, media: _Media) -> str:
             f"app {rec.app_id}",
             f"run {rec.remote_id}" if rec.remote_id else "",
             f"attempts {rec.attempts}",
+            f"credits {credits_text(rec.credits)}" if rec.credits is not None else "",
             f"finished {rec.finished_at}" if rec.finished_at else "",
         )
         if x
@@ -290,6 +295,7 @@ def _card(g: _Gallery, runs: Sequence[RunRecord]) -> str:
     steps: list[str] = []
     for rec in ordered:
         g.counts[rec.state] = g.counts.get(rec.state, 0) + 1
+        add_credits(g.credits, rec)
         media = _media(g, rec.step_id, rec.outputs, rec.downloads)
         images += media.images
         steps.append(_step_html(g, rec, media))
@@ -354,6 +360,8 @@ def _write_page(fh: IO[str], g: _Gallery, items: int, body: IO[str]) -> None:
                 f'<button class="f-{state.value}" data-filter="{state.value}">'
                 f"<i></i>{_e(STATE_LABELS[state])} <b>{counts[state]}</b></button>"
             )
+    spent = credits_line(g.credits)
+    spent_html = f'<p class="sub">{_e(spent)}</p>' if spent else ""
     done = counts.get(RunState.COMPLETED, 0)
     pct = f"{100 * done / runs:.0f}%" if runs else "–"
     fh.write(
@@ -363,7 +371,7 @@ def _write_page(fh: IO[str], g: _Gallery, items: int, body: IO[str]) -> None:
         f'<body data-pipeline="{name}">\n'
         f'<header><div class="top"><div><p class="kicker">lamina-batch gallery</p><h1>{name}</h1>'
         f'<p class="sub">{items} rows · {runs} runs · steps: {_e(", ".join(data.step_ids))}</p>'
-        f"{_images_note(g)}</div>"
+        f"{spent_html}{_images_note(g)}</div>"
         f'<div class="score"><b>{pct}</b><span>completed</span></div></div>'
         f'<nav>{"".join(buttons)}<select id="vf" aria-label="Filter by verdict">'
         '<option value="">Any verdict</option><option value="unreviewed">Unreviewed</option>'

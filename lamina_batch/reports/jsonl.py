@@ -58,6 +58,10 @@ def run_to_json(rec: RunRecord) -> dict[str, Any]:
             }
             for d in rec.downloads
         ],
+        "credits": rec.credits,
+        "credits_estimate": rec.credits_estimate,
+        "credits_actual": rec.credits_actual,
+        "credits_earlier": rec.credits_earlier,
     }
 
 

@@ -14,6 +14,8 @@ from lamina_batch.reports.common import (
     STATE_LABELS,
     STATE_ORDER,
     ReportInput,
+    add_credits,
+    credits_line,
     error_text,
     item_label,
 )
@@ -34,7 +36,9 @@ def render_markdown(data: ReportInput, *, failure_cap: int = FAILURE_CAP) -> str
     counts: dict[str, dict[RunState, int]] = {step: {} for step in data.step_ids}
     failures: list[RunRecord] = []
     more = 0
+    spent: dict[str, float] = {}
     for rec in data.records:
+        add_credits(spent, rec)
         per_state = counts.setdefault(rec.step_id, {})
         per_state[rec.state] = per_state.get(rec.state, 0) + 1
         if rec.state.bad:
@@ -54,6 +58,9 @@ def render_markdown(data: ReportInput, *, failure_cap: int = FAILURE_CAP) -> str
     lines.append("")
     if data.not_started:
         lines += [f"**{data.not_started} planned runs were never started**: run the same command again to go on.", ""]
+    spent_line = credits_line(spent)
+    if spent_line is not None:
+        lines += [md_cell(spent_line[0].upper() + spent_line[1:]), ""]
 
     n_bad = len(failures) + more
     if n_bad == 0:
