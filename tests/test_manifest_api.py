@@ -181,3 +181,27 @@ def test_webhook_deliveries_are_deduplicated_across_reopen(mpath: Path) -> None:
         assert m.record_webhook("req_2", "run_1", "completed") is True
     with Manifest.open(mpath, pipeline_name=NAME, writer=True) as m:
         assert m.record_webhook("req_1", "run_1", "completed") is False
+
+
+def test_begin_attempt_keeps_the_estimate_and_carries_earlier_costs(writer: Manifest) -> None:
+    """Each attempt records the credits it was started under; a new attempt adds the cost of the one before to
+    credits_earlier only when that one created a remote run."""
+    run = make_run()
+    first = writer.begin_attempt(run, {"Prompt": "a"}, credits_estimate=4.0)
+    assert (first.credits_estimate, first.credits_earlier) == (4.0, 0.0)
+    assert first == writer.get(run.identity)
+    writer.set_state(run.identity, RunState.PENDING)  # refused before creating anything: nothing spent
+    second = writer.get(run.identity)
+    assert second is not None
+    assert second.credits is None
+    writer.begin_attempt(run, {"Prompt": "a"}, credits_estimate=4.0)
+    writer.set_remote_id(run.identity, "r1")
+    writer.finish(run.identity, RunState.FAILED, error="x", error_code="E")
+    failed = writer.get(run.identity)
+    assert failed is not None
+    assert (failed.credits_earlier, failed.credits) == (0.0, 4.0)
+    writer.begin_attempt(run, {"Prompt": "b"}, credits_estimate=5.0)
+    again = writer.get(run.identity)
+    assert again is not None
+    assert (again.credits_estimate, again.credits_earlier, again.credits_actual) == (5.0, 4.0, None)
+    assert again.credits == 4.0  # the new attempt has no remote run yet

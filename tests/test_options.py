@@ -91,6 +91,9 @@ def test_parsed_values_are_taken_as_they_are(pipeline: Pipeline) -> None:
         (BatchOptions(shard="3/2"), "shard '3/2': need 1 <= I <= N", "--shard '3/2'"),
         (BatchOptions(shard="x"), "shard 'x' is not I/N", "--shard 'x'"),
         (BatchOptions(reports=[("pdf", "x.pdf")]), "reports 'pdf': unknown report format", "--reports 'pdf'"),
+        (BatchOptions(max_credits="0"), "max_credits '0' must be a positive number", "--max-credits '0'"),
+        (BatchOptions(max_credits=-3), "max_credits -3 must be a positive number", "--max-credits -3"),
+        (BatchOptions(max_credits="inf"), "max_credits 'inf' must be a positive", "--max-credits 'inf'"),
     ],
 )
 def test_a_bad_value_names_its_option(pipeline: Pipeline, options: BatchOptions, library: str, cli: str) -> None:
@@ -123,3 +126,9 @@ def test_manifest_option_and_shard_suffix(pipeline: Pipeline, tmp_path: Path) ->
     chosen = load_for(pipeline, BatchOptions(manifest=tmp_path / "mine.db")).manifest
     assert chosen == (tmp_path / "mine.db").resolve()
     assert shard_manifest_path(pipeline, None) == pipeline.manifest
+
+
+def test_max_credits_overrides_the_pipelines_as_a_number(pipeline: Pipeline) -> None:
+    """`max_credits` ("2000" as written, or a number) replaces the pipeline's run.max_credits."""
+    assert prepare_pipeline(pipeline, BatchOptions(max_credits="2000")).run.max_credits == 2000.0
+    assert prepare_pipeline(pipeline, BatchOptions(max_credits=12.5)).run.max_credits == 12.5

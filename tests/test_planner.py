@@ -17,6 +17,8 @@ from lamina_batch.planner import (
     NOT_STARTED,
     cancel_running,
     plan_against_manifest,
+    runs_to_start,
+    starts_planned,
     status_exit_code,
     status_report,
 )
@@ -258,3 +260,30 @@ def test_cancel_without_cancel_endpoint_leaves_runs_running(tmp_path: Path, mani
     rec = manifest.get(hero.identity)
     assert rec is not None
     assert rec.state is RunState.RUNNING
+
+
+def test_runs_to_start_counts_starting_decisions_per_step_within_max_starts() -> None:
+    """Only decisions that send a start count, in plan order, at most max_starts of them; any subset can be fed."""
+    decided = [
+        ("hero", Action.START),
+        ("banner", Action.START),
+        ("hero", Action.REUSE),
+        ("hero", Action.RESTART_AFTER_FAILURE),
+        ("banner", Action.FOLLOW),
+        ("banner", Action.START_AFTER_UPSTREAM),
+        ("hero", Action.KEEP_FAILED),
+        ("hero", Action.RESTART_UNKNOWN),
+    ]
+    assert runs_to_start(decided) == {"hero": 3, "banner": 2}
+    assert runs_to_start(decided, max_starts=3) == {"hero": 2, "banner": 1}
+    assert runs_to_start(decided[2:5]) == {"hero": 1}
+
+
+def test_plan_and_run_count_the_same_starts(tmp_path: Path, manifest: Manifest) -> None:
+    """`plan`'s starts and what `run` checks against the balance come from the same decisions."""
+    p = write(tmp_path, ["a", "b", "c"])
+    complete(manifest, planned(p)[0], "r0")
+    report = plan_against_manifest(p, manifest, max_starts=2)
+    assert report.starts == starts_planned(p, manifest, max_starts=2)
+    assert sum(report.starts.values()) == 2
+    assert sum(plan_against_manifest(p, manifest).starts.values()) == report.to_start
