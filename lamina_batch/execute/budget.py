@@ -44,9 +44,6 @@ class CreditBudget:
     def commit(self, cost: float) -> None:
         self.committed += cost
 
-    def settle(self, estimated: float, actual: float) -> None:
-        """A started run whose actual cost the API reported: it counts at that cost from now on."""
-        self.committed += actual - estimated
 
 
 def _n(value: float) -> str:
