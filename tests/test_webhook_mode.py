@@ -133,9 +133,10 @@ def test_cli_webhook_mode_costs_about_one_request_per_run(
     per_run = [r for r in api if START_PATH.match(r.path) or RESULT_PATH.match(r.path)]
     assert len(per_run) / len(runs) <= 1.1
     preflight = [r for r in api if r not in per_run]
-    # one GET per app of the pipeline plus the signing key: nothing else is spent
+    # one GET and one estimate (credits, issue 16) per app of the pipeline, plus the signing key: nothing else
+    estimates = ["/v1/apps/app_7Hk2/estimate", "/v1/apps/app_9Qx1/estimate"]
     assert sorted(r.path for r in preflight) == sorted(
-        ["/v1/apps/app_7Hk2", "/v1/apps/app_9Qx1", "/v1/webhooks/signing-key"]
+        ["/v1/apps/app_7Hk2", "/v1/apps/app_9Qx1", *estimates, "/v1/webhooks/signing-key"]
     )
 
     sent = {a.run_id for a in emu.stats.webhook_log if a.ok}
