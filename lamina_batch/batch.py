@@ -266,7 +266,16 @@ async def _check_credits(
     what this invocation may start (runs_to_start, within max_starts, at most max_credits) held against the
     balance. CreditsError (nothing started) when it exceeds the balance, or when the cost is unknown while
     max_credits is set. Returns each app's expected credits per run, for the budget and the manifest."""
-    from .credits import NO_ESTIMATE_API, bill_of, cache_path, estimate_inputs, fetch_estimates, origin_of, unknown
+    from .credits import (
+        NO_ESTIMATE_API,
+        bill_of,
+        cache_path,
+        estimate_inputs,
+        fetch_estimates,
+        format_credits,
+        origin_of,
+        unknown,
+    )
     from .planner import starts_planned
 
     pipeline = prepared.pipeline
@@ -309,22 +318,21 @@ async def _check_credits(
         if may_commit > balance:
             raise CreditsError(
                 Problem(
-                    f"this invocation would start {bill.runs} runs expected to cost {_n(expected)} credits"
-                    f"{_span(bill.range)}, more than the balance of {_n(balance)}: nothing was started",
+                    f"this invocation would start {bill.runs} runs expected to cost {format_credits(expected)} credits"
+                    f"{_span(bill.range)}, more than the balance of {format_credits(balance)}: nothing was started",
                     hint="top up; or start fewer now with --max-starts N or --max-credits N, narrow the rows with "
                     "a `where`, or split the batch with --shard I/N",
                 )
             )
-        emit(Notice(f"credits: {bill.runs} runs to start, {_n(expected)} expected; balance {_n(balance)}"))
+        n = format_credits
+        emit(Notice(f"credits: {bill.runs} runs to start, {n(expected)} expected; balance {n(balance)}"))
     return prices
 
 
-def _n(value: float) -> str:
-    return f"{value:,.2f}".rstrip("0").rstrip(".")
-
-
 def _span(span: tuple[float, float] | None) -> str:
-    return "" if span is None or span[0] == span[1] else f" (range {_n(span[0])}-{_n(span[1])})"
+    from .credits import format_credits
+
+    return "" if span is None or span[0] == span[1] else f" (range {format_credits(span[0])}-{format_credits(span[1])})"
 
 
 def _exec_options(pipeline: Pipeline, options: BatchOptions, shard: tuple[int, int] | None) -> ExecOptions:

@@ -28,6 +28,7 @@ __all__ = [
     "cache_path",
     "estimate_inputs",
     "fetch_estimates",
+    "format_credits",
     "load_cached",
     "origin_of",
     "unknown",
@@ -202,19 +203,20 @@ class Bill:
             if e is None:
                 lines.append(f"  {s.step_id}: {s.runs} runs x unknown")
                 continue
-            each = "" if e.min == e.max else f" ({_n(s.runs * e.min)}-{_n(s.runs * e.max)})"
-            lines.append(f"  {s.step_id}: {s.runs} runs x {_n(e.expected)} = {_n(s.runs * e.expected)}{each}")
+            n = format_credits
+            each = "" if e.min == e.max else f" ({n(s.runs * e.min)}-{n(s.runs * e.max)})"
+            lines.append(f"  {s.step_id}: {s.runs} runs x {n(e.expected)} = {n(s.runs * e.expected)}{each}")
         total, span = self.expected, self.range
         if total is None or span is None:
             lines.append(f"  total: unknown ({self.unknown})")
         else:
-            rng = "" if span[0] == span[1] else f" (range {_n(span[0])}-{_n(span[1])})"
-            lines.append(f"  total: {_n(total)} expected{rng}")
+            rng = "" if span[0] == span[1] else f" (range {format_credits(span[0])}-{format_credits(span[1])})"
+            lines.append(f"  total: {format_credits(total)} expected{rng}")
         if self.balance is None:
             lines.append("  balance: not stated by the API")
         else:
             verdict = {True: "affordable", False: "NOT affordable", None: "affordability unknown"}[self.affordable]
-            lines.append(f"  balance: {_n(self.balance)} ({verdict})")
+            lines.append(f"  balance: {format_credits(self.balance)} ({verdict})")
         return lines
 
 
@@ -225,9 +227,9 @@ def bill_of(pipeline: Pipeline, starts: Mapping[str, int], estimates: Estimates)
     return Bill(steps, estimates.balance, estimates.why_unknown(used))
 
 
-def _n(value: float) -> str:
-    """A credits figure as people write it: 24, 2.5."""
-    return f"{value:,.2f}".rstrip("0").rstrip(".")
+def format_credits(value: float) -> str:
+    """A credits figure as people write it: 24, 2.5 (every message, table and report cell)."""
+    return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
 # --------------------------------------------------------------------------- asking the API, and the cache

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .credits import format_credits
 from .errors import ApiError
 from .lifecycle import COMPLETE, Action, Choices, Decision, Upstream, decide
 from .matrix import expand_runs
@@ -564,8 +565,8 @@ class StatusReport:
                 key = f" [{f.row_key}]" if f.row_key is not None else ""
                 lines.append(f"  row {f.row_number}{key} {f.step_id}: {f.error or 'download failed'}")
         if self.credits:
-            spent = ", ".join(f"{step} {_credits(v)}" for step, v in self.credits.items())
-            lines.append(f"credits: {spent}; total {_credits(sum(self.credits.values()))}")
+            spent = ", ".join(f"{step} {format_credits(v)}" for step, v in self.credits.items())
+            lines.append(f"credits: {spent}; total {format_credits(sum(self.credits.values()))}")
         return "\n".join(lines)
 
 
@@ -616,10 +617,6 @@ def status_report(pipeline: Pipeline, manifest: Manifest, *, shard: tuple[int, i
     return StatusReport(
         pipeline.name, {s: dict(c) for s, c in steps.items()}, tuple(failures), tuple(downloads), spent
     )
-
-
-def _credits(value: float) -> str:
-    return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
 def status_exit_code(report: StatusReport) -> int:

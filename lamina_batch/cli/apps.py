@@ -102,7 +102,9 @@ def cmd_init(args: argparse.Namespace, out: Out) -> int:
 
 
 def _credits(value: float | None) -> str:
-    return "?" if value is None else f"{value:.2f}".rstrip("0").rstrip(".")
+    from lamina_batch.credits import format_credits
+
+    return "?" if value is None else format_credits(value)
 
 
 def _cost_line(cost: Estimate | str) -> str:

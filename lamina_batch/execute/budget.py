@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from lamina_batch.credits import format_credits
 from lamina_batch.events import StopReason
 
 from .context import Guards
@@ -36,15 +37,10 @@ class CreditBudget:
             return True
         self._guards.soft_stop(
             StopReason.MAX_CREDITS,
-            f"max_credits reached: {_n(self.committed)} of {_n(self.limit)} credits committed, "
-            f"the next run of {app_id} needs {_n(cost)}",
+            f"max_credits reached: {format_credits(self.committed)} of {format_credits(self.limit)} credits committed, "
+            f"the next run of {app_id} needs {format_credits(cost)}",
         )
         return False
 
     def commit(self, cost: float) -> None:
         self.committed += cost
-
-
-
-def _n(value: float) -> str:
-    return f"{value:,.2f}".rstrip("0").rstrip(".")

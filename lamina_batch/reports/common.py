@@ -9,6 +9,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lamina_batch.credits import format_credits
 from lamina_batch.models import DownloadRecord, RunOutput, RunRecord, RunState
 from lamina_batch.verdicts import Verdict
 
@@ -142,7 +143,7 @@ def is_web_url(value: object) -> bool:
 
 def credits_text(value: float | None) -> str:
     """A credits figure as a cell: 12, 2.5; empty when unknown."""
-    return "" if value is None else f"{value:.2f}".rstrip("0").rstrip(".")
+    return "" if value is None else format_credits(value)
 
 
 def credits_line(by_step: Mapping[str, float]) -> str | None:
