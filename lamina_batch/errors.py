@@ -135,6 +135,8 @@ class UnreachableError(ConfigError):
 class OriginMismatchError(ConfigError):
     """The manifest was made against another API origin (or the emulator): acting on it here would mix two
     servers' runs. The message names both origins and the fix."""
+
+
 class CreditsError(ConfigError):
     """Refused before the first start: the expected cost of what this invocation may start exceeds the balance,
     or the cost is unknown while `max_credits` is set (never spend blind under a budget)."""

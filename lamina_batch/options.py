@@ -68,13 +68,13 @@ class BatchOptions:
     # takes at 64 KiB/s. The gap between two bytes is capped separately (120 s).
     download_timeout: float | str | None = None
     allow_empty: bool = False  # a batch that plans nothing at all is an error (exit 2 on the CLI) unless this
+    # never commit more credits than this in one invocation (expected estimate per run started); positive
+    max_credits: float | str | None = None
 
     @property
     def manifest_given(self) -> bool:
         """True when `manifest` names the file: it is then used exactly as given (no shard/emulator suffix)."""
         return self.manifest is not None
-    # never commit more credits than this in one invocation (expected estimate per run started); positive
-    max_credits: float | str | None = None
 
     @property
     def shard_pair(self) -> tuple[int, int] | None:

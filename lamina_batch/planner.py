@@ -614,9 +614,7 @@ def status_report(pipeline: Pipeline, manifest: Manifest, *, shard: tuple[int, i
                         rec.remote_id,
                     )
                 )
-    return StatusReport(
-        pipeline.name, {s: dict(c) for s, c in steps.items()}, tuple(failures), tuple(downloads), spent
-    )
+    return StatusReport(pipeline.name, {s: dict(c) for s, c in steps.items()}, tuple(failures), tuple(downloads), spent)
 
 
 def status_exit_code(report: StatusReport) -> int:
