@@ -320,7 +320,8 @@ def test_listener_under_many_slow_connections_and_few_descriptors(tmp_path: Path
         if hard != resource.RLIM_INFINITY and hard < 2048:
             pytest.skip("this test needs 2048 descriptors for its own slow clients")
         resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
-    emu = make_emulator(duration=(0.5, 1.0), webhook_retry_delays=(0.5, 1.0, 2.0, 4.0, 8.0))
+    # runs long enough (3 waves of 2-3 s) that the attack outlasts its own ramp-up even on a loaded machine
+    emu = make_emulator(duration=(2.0, 3.0), webhook_retry_delays=(0.5, 1.0, 2.0, 4.0, 8.0))
     pipeline = write_pipeline(tmp_path / "p.yaml", 12, concurrency=4)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LAMINA_", "COV_", "GITHUB_STEP"))}
