@@ -311,6 +311,8 @@ async def _check_credits(
             restart_unknown=options.restart_unknown,
             shard=prepared.shard,
             max_starts=pipeline.run.max_starts,
+            redo_rejected=options.redo_rejected,
+            rejected=_rejected(pipeline) if options.redo_rejected else None,
         )
         bill = bill_of(pipeline, starts, estimates)
         expected = bill.expected or 0.0
@@ -339,13 +341,24 @@ def _exec_options(pipeline: Pipeline, options: BatchOptions, shard: tuple[int, i
     from .executor import ExecOptions
 
     webhook = pipeline.run.webhook
+    redo = options.redo_rejected
     return ExecOptions(
         retry_failed=options.retry_failed,
         restart_unknown=options.restart_unknown,
         shard=shard,
         webhook_url=webhook.url if webhook else None,
         listen=listen_address(webhook.listen) if webhook else None,
+        redo_rejected=redo,
+        rejected=_rejected(pipeline) if redo else {},
+        redo_set=options.redo_templates,
     )
+
+
+def _rejected(pipeline: Pipeline) -> dict[str, int]:
+    """identity -> its newest rejected attempt, from the verdicts kept beside the runs (`--redo rejected`)."""
+    from .verdicts import rejected_attempts
+
+    return rejected_attempts(pipeline.manifest, pipeline.name)
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ __all__ = [
     "UpstreamState",
     "check_move",
     "decide",
+    "redo_reason",
 ]
 
 # Error codes the executor writes into a run's record (beside the API's own codes).
@@ -49,8 +50,9 @@ MOVES: Final[Mapping[RunState | None, Mapping[RunState, str]]] = {
         _U: "start reply lost and reconciling could not tell",
     },
     _R: {_C: "completed", _F: "failed remotely", _X: "cancelled", _T: "timed out"},
-    # A download that failed is noted on the completed run. (`--redo rejected` will add completed -> submitting.)
-    _C: {_C: "download failed"},
+    # A download that failed is noted on the completed run. A redo (`run --redo rejected`: a verdict rejected the
+    # attempt, or an upstream run it consumed was redone) is the one deliberate new payment for a completed run.
+    _C: {_C: "download failed", _S: "redo (a new attempt: rejected, or its upstream was redone)"},
     _F: {_S: "start again", _F: "cannot start (upstream failed, or inputs do not render)"},
     _X: {_S: "start again", _F: "cannot start (upstream failed, or inputs do not render)"},
     _T: {_S: "start again", _F: "cannot start (upstream failed, or inputs do not render)"},
@@ -88,6 +90,7 @@ class Action(enum.Enum):
     KEEP_UNKNOWN = "keep-unknown"  # outcome unknown, kept
     WAIT_FOR_UPSTREAM = "wait-for-upstream"  # an upstream run has not finished (a stop came first)
     SKIP_UPSTREAM_FAILED = "skip-upstream-failed"  # an upstream run ended badly: recorded UPSTREAM_FAILED
+    REDO = "redo"  # completed, but rejected (or its upstream was redone), `--redo rejected`: a new attempt
 
     @property
     def starts(self) -> bool:
@@ -95,7 +98,9 @@ class Action(enum.Enum):
         return self in _STARTS
 
 
-_STARTS = frozenset({Action.START, Action.START_AFTER_UPSTREAM, Action.RESTART_AFTER_FAILURE, Action.RESTART_UNKNOWN})
+_STARTS = frozenset(
+    {Action.START, Action.START_AFTER_UPSTREAM, Action.RESTART_AFTER_FAILURE, Action.RESTART_UNKNOWN, Action.REDO}
+)
 
 
 class UpstreamState(enum.Enum):
@@ -128,10 +133,11 @@ COMPLETE: Final = Upstream()
 
 @dataclass(frozen=True)
 class Choices:
-    """The user's restart choices for one invocation (`--retry-failed`, `--restart-unknown`)."""
+    """The user's restart choices for one invocation (`--retry-failed`, `--restart-unknown`, `--redo rejected`)."""
 
     retry_failed: bool = False
     restart_unknown: bool = False
+    redo_rejected: bool = False
 
 
 @dataclass(frozen=True)
@@ -142,8 +148,12 @@ class Decision:
     reason: str
 
 
-def decide(record: RunRecord | None, upstream: Upstream, choices: Choices) -> Decision:
+def decide(record: RunRecord | None, upstream: Upstream, choices: Choices, *, redo: str | None = None) -> Decision:
     """What happens to a planned run given its manifest record, its upstream and the user's choices.
+
+    `redo` says why a completed run's current attempt is out of date (`redo_reason`: rejected by a verdict, or an
+    upstream run it consumed has a newer attempt); only with `--redo rejected` and a complete upstream is it
+    started again. Nothing else ever starts a completed run again.
 
     Pure: `plan` calls it with the upstream it expects (an upstream it would run is expected to complete) and
     `run` with the upstream as it ended, so both say the same. A run with a remote id or a start intent is
@@ -152,6 +162,8 @@ def decide(record: RunRecord | None, upstream: Upstream, choices: Choices) -> De
     """
     state = None if record is None else record.state
     if record is not None and state is RunState.COMPLETED:
+        if redo is not None and choices.redo_rejected and upstream.state is UpstreamState.COMPLETE:
+            return Decision(Action.REDO, f"{redo}: a new attempt (--redo rejected)")
         return Decision(Action.REUSE, "completed earlier")
     if record is not None and state in (RunState.RUNNING, RunState.SUBMITTING):
         if record.remote_id:
@@ -179,6 +191,24 @@ def decide(record: RunRecord | None, upstream: Upstream, choices: Choices) -> De
     if state is RunState.UNKNOWN:
         return Decision(Action.RESTART_UNKNOWN, "unknown: restarting (--restart-unknown)")
     return Decision(Action.RESTART_AFTER_FAILURE, f"{state.value}: retrying (--retry-failed)")
+
+
+def redo_reason(record: RunRecord, rejected: bool, upstream_attempts: Mapping[str, int]) -> str | None:
+    """Why a completed run's current attempt is out of date, or None: its latest verdict rejected it, or an
+    upstream run it consumed (step id -> that run's attempt now, or the one it is about to get) has a newer attempt
+    than the one recorded as consumed. A run recorded before attempts were tracked is never stale."""
+    if record.state is not RunState.COMPLETED:
+        return None
+    if rejected:
+        return "rejected"
+    newer = sorted(
+        step
+        for step, attempt in upstream_attempts.items()
+        if step in record.upstream_attempts and attempt > record.upstream_attempts[step]
+    )
+    if newer:
+        return f"upstream {', '.join(newer)} redone"
+    return None
 
 
 def _kept(state: RunState, choices: Choices) -> Decision | None:

@@ -371,7 +371,24 @@ class RunRecord:
             return self.credits_earlier or None
         return self.credits_earlier + current
 
+    # step id -> the attempt of that step's run (of this item) this run's current attempt consumed ({}: unknown)
+    upstream_attempts: Mapping[str, int] = field(default_factory=dict)
+
     @property
     def submitted_epoch(self) -> float | None:
         """`submitted_at` as epoch seconds (the executor's deadlines and reconcile windows are numbers)."""
         return parse_timestamp(self.submitted_at)
+
+
+@dataclass(frozen=True)
+class PastAttempt:
+    """An earlier attempt of a run (a retry or a redo), kept as history: what it produced and where its
+    files went (download paths relative to the output folder, like the current attempt's)."""
+
+    attempt: int
+    state: RunState
+    outputs: tuple[RunOutput, ...] = ()
+    downloads: tuple[DownloadRecord, ...] = ()
+    remote_id: str | None = None
+    finished_at: str | None = None
+    error: str | None = None

@@ -73,6 +73,8 @@ def plan(
             shard=options.shard_pair,
             details=details,
             max_starts=max_starts,
+            redo_rejected=options.redo_rejected,
+            rejected=_rejected(loaded) if options.redo_rejected else None,
         )
     except ConfigError as e:
         raise _all_problems(loaded, e) from None
@@ -116,6 +118,12 @@ def _estimates(loaded: Pipeline, options: BatchOptions, *, refresh: bool) -> Est
                 )
 
         return run_sync("plan", go)
+
+
+def _rejected(loaded: Pipeline) -> dict[str, int]:
+    from .verdicts import rejected_attempts
+
+    return rejected_attempts(loaded.manifest, loaded.name)
 
 
 def status(pipeline: PipelineSource, options: BatchOptions | None = None) -> StatusReport:

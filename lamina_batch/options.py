@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -76,6 +76,26 @@ class BatchOptions:
         """True when `manifest` names the file: it is then used exactly as given (no shard/emulator suffix)."""
         return self.manifest is not None
 
+    # `--redo rejected`: a new attempt for every completed run whose current attempt is rejected, and the runs
+    # downstream of it (the only value; None: no redo)
+    redo: str | None = None
+    # `--redo-set NAME=TEMPLATE` (repeatable): inputs varied from attempt 2 on, over the spec's `review.vary`
+    redo_set: Sequence[str] | Mapping[str, str] = ()
+
+    @property
+    def redo_rejected(self) -> bool:
+        """`redo` checked: True for "rejected"; OptionError for anything else."""
+        if self.redo is None:
+            return False
+        if self.redo != "rejected":
+            raise OptionError("{0} " + _literal(repr(self.redo)) + ": the only redo is 'rejected'", "redo")
+        return True
+
+    @property
+    def redo_templates(self) -> dict[str, str]:
+        """`redo_set` as name -> template, each checked to compile; OptionError naming the bad one."""
+        return redo_templates(self.redo_set)
+
     @property
     def shard_pair(self) -> tuple[int, int] | None:
         """`shard` as (i, n), checked; OptionError if malformed."""
@@ -88,6 +108,7 @@ def prepare_pipeline(source: PipelineSource, options: BatchOptions) -> Pipeline:
     pipeline = apply_options(load_for(source, options), options)
     _check_reports(options.reports)
     download_timeout(options)
+    _ = options.redo_rejected, options.redo_templates  # refused before any row is read
     return pipeline
 
 
@@ -223,6 +244,31 @@ def _webhook(pipeline: Pipeline, options: BatchOptions) -> WebhookSettings | Non
     if not url.startswith(("http://", "https://")):
         raise OptionError("{0} " + _literal(repr(url)) + " must be an http(s) URL", "webhook_url")
     return WebhookSettings(url=url, listen=listen)
+
+
+def redo_templates(entries: Sequence[str] | Mapping[str, str]) -> dict[str, str]:
+    """`--redo-set NAME=TEMPLATE` entries as name -> template; OptionError for a missing `=`, an empty name or a
+    template that does not compile."""
+    from .templates import compile_template
+
+    pairs: list[tuple[str, str]] = []
+    if isinstance(entries, Mapping):
+        pairs = [(str(k), str(v)) for k, v in entries.items()]
+    else:
+        for entry in entries:
+            name, sep, template = str(entry).partition("=")
+            if not sep or not name.strip():
+                raise OptionError(
+                    "{0} " + _literal(f"{entry!r} is not NAME=TEMPLATE (e.g. 'Seed={{{{ attempt }}}}')"), "redo_set"
+                )
+            pairs.append((name.strip(), template))
+    for name, template in pairs:
+        try:
+            compile_template(template)
+        except ConfigError as e:
+            reason = str(e).splitlines()[0] if str(e) else "does not compile"
+            raise OptionError("{0} " + _literal(f"{name}={template!r}: {reason}"), "redo_set") from None
+    return dict(pairs)
 
 
 def _check_reports(reports: Sequence[tuple[str, str | os.PathLike[str]]]) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .credits import format_credits
 from .errors import ApiError
-from .lifecycle import COMPLETE, Action, Choices, Decision, Upstream, decide
+from .lifecycle import COMPLETE, Action, Choices, Decision, Upstream, decide, redo_reason
 from .matrix import expand_runs
 from .models import DOWNLOAD_FAILED, ItemPlan, PlannedRun, RunRecord, RunState
 from .params import normalise, respelled_inputs
@@ -42,7 +42,7 @@ __all__ = [
     "status_report",
 ]
 
-CATEGORIES = ("new", "reused", "running", "retry", "unknown", "failed_kept", "waiting", "orphaned")
+CATEGORIES = ("new", "reused", "running", "retry", "unknown", "failed_kept", "waiting", "orphaned", "redo")
 NOT_STARTED = "not started"
 _BATCH = 500  # planned runs looked up in the manifest per query
 _UNFINISHED = frozenset({NOT_STARTED, RunState.PENDING.value, RunState.SUBMITTING.value, RunState.RUNNING.value})
@@ -59,15 +59,16 @@ _CATEGORY = {
     Action.KEEP_UNKNOWN: "unknown",
     Action.WAIT_FOR_UPSTREAM: "waiting",
     Action.SKIP_UPSTREAM_FAILED: "waiting",
+    Action.REDO: "redo",
 }
 # The reason of a run that is new only because its inputs are spelled differently (`Prompt` -> `prompt`).
 RENAMED = "inputs renamed"
 # Categories whose reasons the plan counts and shows under "why".
-_EXPLAINED = frozenset({"new", "retry", "running", "waiting"})
+_EXPLAINED = frozenset({"new", "retry", "running", "waiting", "redo"})
 
 
 # The actions that send a start request: what `plan` counts as "would start" and what `run` prices and budgets.
-STARTING = frozenset({Action.START, Action.START_AFTER_UPSTREAM, Action.RESTART_AFTER_FAILURE, Action.RESTART_UNKNOWN})
+STARTING = frozenset(a for a in Action if a.starts)
 
 
 class StartCount:
@@ -179,8 +180,8 @@ class PlanReport:
 
     @property
     def to_start(self) -> int:
-        """Runs that would send a start request (new + to retry)."""
-        return self.total("new") + self.total("retry")
+        """Runs that would send a start request (new + to retry + to redo)."""
+        return self.total("new") + self.total("retry") + self.total("redo")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -201,16 +202,21 @@ class PlanReport:
     def render_text(self) -> str:
         shard = f" (shard {self.shard[0]}/{self.shard[1]})" if self.shard else ""
         lines = [f"{self.pipeline_name}: {self.planned} runs planned{shard}"]
-        headers = ("step", "new", "reused", "running", "retry", "unknown", "failed", "waiting", "orphaned")
+        headers: tuple[str, ...] = ("step", "new", "reused", "running", "retry", "unknown", "failed", "waiting")
+        headers += ("orphaned",)
+        shown: tuple[str, ...] = CATEGORIES[:-1]
+        if self.total("redo"):  # the column appears only when `--redo rejected` has something to redo
+            headers, shown = (*headers, "redo"), CATEGORIES
         rows: list[tuple[str, ...]] = [headers]
         for step, c in self.steps.items():
-            rows.append((step, *(str(c.get(k, 0)) for k in CATEGORIES)))
+            rows.append((step, *(str(c.get(k, 0)) for k in shown)))
         widths = [max(len(r[i]) for r in rows) for i in range(len(headers))]
         for r in rows:
             cells = [r[0].ljust(widths[0])] + [r[i].rjust(widths[i]) for i in range(1, len(r))]
             lines.append("  " + "  ".join(cells))
         retry = self.total("retry")
-        summary = f"would start {self.to_start} runs ({self.total('new')} new, {retry} to retry)"
+        redo = f", {self.total('redo')} to redo" if self.total("redo") else ""
+        summary = f"would start {self.to_start} runs ({self.total('new')} new, {retry} to retry{redo})"
         if self.total("running"):
             summary += f"; {self.total('running')} running remotely would be followed, not started again"
         lines.append(summary)
@@ -314,17 +320,20 @@ def plan_against_manifest(
     shard: tuple[int, int] | None = None,
     details: bool = False,
     max_starts: int | None = None,
+    redo_rejected: bool = False,
+    rejected: Mapping[str, int] | None = None,
 ) -> PlanReport:
     """What `run` would do now, without a request: streamed over the plan; entries only when `details`; `starts`
-    per step within `max_starts`."""
-    choices = Choices(retry_failed=retry_failed, restart_unknown=restart_unknown)
+    per step within `max_starts`. With `redo_rejected`, completed runs whose current attempt is in `rejected`
+    (identity -> rejected attempt) are redone, and so are the completed runs downstream of a run it would start."""
+    choices = Choices(retry_failed=retry_failed, restart_unknown=restart_unknown, redo_rejected=redo_rejected)
     steps: dict[str, Counter[str]] = {s.id: Counter() for s in pipeline.steps}
     reasons: Counter[str] = Counter()
     entries: list[PlanEntry] = []
     planned: set[str] = set()
     previous = _previous_slots(manifest)
     starts = StartCount(max_starts)
-    for run, known, decision in _decided(pipeline, manifest, choices, shard):
+    for run, known, decision in _decided(pipeline, manifest, choices, shard, rejected):
         planned.add(run.identity)
         category = category_of(decision.action)
         reason = _why_new(run, previous) if known is None and decision.action is Action.START else decision.reason
@@ -355,27 +364,42 @@ def starts_planned(
     restart_unknown: bool = False,
     shard: tuple[int, int] | None = None,
     max_starts: int | None = None,
+    redo_rejected: bool = False,
+    rejected: Mapping[str, int] | None = None,
 ) -> dict[str, int]:
-    """Per step, the runs `run` would start now (`runs_to_start` over every planned run's decision): what
-    `run` checks against the balance before its first start. Sends nothing."""
-    choices = Choices(retry_failed=retry_failed, restart_unknown=restart_unknown)
-    decided = ((run.step_id, d.action) for run, _, d in _decided(pipeline, manifest, choices, shard))
+    """Per step, the runs `run` would start now (`runs_to_start` over every planned run's decision, redos
+    included): what `run` checks against the balance before its first start. Sends nothing."""
+    choices = Choices(retry_failed=retry_failed, restart_unknown=restart_unknown, redo_rejected=redo_rejected)
+    decided = ((run.step_id, d.action) for run, _, d in _decided(pipeline, manifest, choices, shard, rejected))
     return runs_to_start(decided, max_starts=max_starts)
 
 
 def _decided(
-    pipeline: Pipeline, manifest: Manifest | None, choices: Choices, shard: tuple[int, int] | None
+    pipeline: Pipeline,
+    manifest: Manifest | None,
+    choices: Choices,
+    shard: tuple[int, int] | None,
+    rejected: Mapping[str, int] | None = None,
 ) -> Iterator[tuple[PlannedRun, RunRecord | None, Decision]]:
     """Every planned run in plan order with its manifest record and `decide`'s decision, as `plan` expects it:
-    a run it would start or follow is expected to complete for its downstream runs."""
+    a run it would start or follow is expected to complete for its downstream runs. Under `--redo rejected`
+    (`choices.redo_rejected`), a completed run is redone when its current attempt is in `rejected` or an upstream
+    run of its item would be at a newer attempt than the one it consumed."""
+    rejected = rejected or {}
     for batch in _item_batches(pipeline, shard, _BATCH):
         ids = (r.identity for plan in batch for r in plan.runs)
         found = manifest.get_many(ids) if manifest is not None else {}
         for plan in batch:
             expected: dict[str, Upstream] = {}
+            attempt_of: dict[str, int] = {}  # step id -> the attempt its run of this item will be at
             for run in plan.runs:
                 known = found.get(run.identity)
-                decision = decide(known, _upstream_of(run, expected), choices)
+                redo = None
+                if choices.redo_rejected and known is not None and known.state is RunState.COMPLETED:
+                    ups = {s: attempt_of[s] for s in run.needs if s in attempt_of}
+                    redo = redo_reason(known, rejected.get(run.identity) == max(known.attempts, 1), ups)
+                decision = decide(known, _upstream_of(run, expected), choices, redo=redo)
+                attempt_of[run.step_id] = (known.attempts if known is not None else 0) + decision.action.starts
                 expected[run.step_id] = _expected(decision, run.step_id, None if known is None else known.state)
                 yield run, known, decision
 

@@ -30,6 +30,7 @@ __all__ = [
     "export_document",
     "normalise_time",
     "parse_document",
+    "rejected_attempts",
 ]
 
 VERDICT_VALUES = ("approved", "rejected")
@@ -266,6 +267,15 @@ class VerdictStore:
             found[(v.identity, v.attempt)] = v
         return found
 
+    def rejected(self) -> dict[str, int]:
+        """identity -> the newest attempt whose verdict in force is `rejected` (what `--redo rejected` weighs
+        against the run's current attempt)."""
+        out: dict[str, int] = {}
+        for (identity, attempt), v in self.latest().items():
+            if v.verdict == "rejected" and attempt > out.get(identity, 0):
+                out[identity] = attempt
+        return out
+
     def history(self, identity: str) -> list[Verdict]:
         """Every verdict ever recorded for a run, undone ones included, oldest first."""
         return list(self._query(_SELECT + " WHERE identity = ? ORDER BY attempt, at, id", (identity,)))
@@ -322,6 +332,14 @@ class _Transaction:
                 conn.execute("ROLLBACK")
         finally:
             self._store._lock.release()
+
+
+def rejected_attempts(manifest: Path | str, pipeline_name: str | None = None) -> dict[str, int]:
+    """`VerdictStore.rejected()` of the manifest at `manifest` read-only; empty when there is no manifest yet."""
+    if not Path(manifest).is_file():
+        return {}
+    with VerdictStore.open(manifest, pipeline_name=pipeline_name, writable=False) as store:
+        return store.rejected()
 
 
 def _tables(conn: sqlite3.Connection) -> set[str]:

@@ -34,12 +34,12 @@ from lamina_batch.planner import category_of, plan_against_manifest
 
 
 def test_every_state_has_its_moves_and_a_run_is_never_paid_twice() -> None:
-    """Every state (and "absent") has an entry; no move starts a running or completed run again, and a finished
-    result is never replaced by another result."""
+    """Every state (and "absent") has an entry; no move starts a running run again, a completed one only by the
+    redo (a deliberate new attempt), and a finished result is never replaced by another result."""
     assert set(MOVES) == {None, *RunState}
     assert RunState.SUBMITTING not in MOVES[RunState.RUNNING]
-    assert RunState.SUBMITTING not in MOVES[RunState.COMPLETED]
-    assert set(MOVES[RunState.COMPLETED]) == {RunState.COMPLETED}
+    assert MOVES[RunState.COMPLETED][RunState.SUBMITTING].startswith("redo")
+    assert set(MOVES[RunState.COMPLETED]) == {RunState.COMPLETED, RunState.SUBMITTING}
     assert set(MOVES[RunState.SUBMITTING]) == {RunState.RUNNING, RunState.PENDING, RunState.FAILED, RunState.UNKNOWN}
     for old, new in itertools.product([None, *RunState], RunState):
         if new in MOVES[old]:
@@ -51,8 +51,8 @@ def test_every_state_has_its_moves_and_a_run_is_never_paid_twice() -> None:
 
 def test_an_illegal_move_is_a_manifest_error() -> None:
     """The refusal is a ManifestError: the CLI reports it in one line like any other manifest problem."""
-    with pytest.raises(ManifestError, match="from completed to submitting"):
-        check_move(RunState.COMPLETED, RunState.SUBMITTING)
+    with pytest.raises(ManifestError, match="from completed to pending"):
+        check_move(RunState.COMPLETED, RunState.PENDING)
 
 
 # --------------------------------------------------------------------------- the decision

@@ -65,10 +65,11 @@ def _to(m: Manifest, run: PlannedRun, state: RunState) -> None:
 
 
 def _attempt_move(m: Manifest, run: PlannedRun, new: RunState) -> IllegalTransitionError | None:
-    """Ask the manifest for `new` through the write a batch would use; the refusal, if any."""
+    """Ask the manifest for `new` through the write a batch would use (a start intent as a redo would ask for it:
+    the one way a completed run is started again); the refusal, if any."""
     try:
         if new is RunState.SUBMITTING:
-            m.begin_attempt(run, run.inputs)
+            m.begin_attempt(run, run.inputs, redo=True)
         elif new is RunState.RUNNING:
             m.set_remote_id(run.identity, "r-new")
         elif new.finished:

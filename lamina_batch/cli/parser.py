@@ -113,6 +113,23 @@ def add_emulator_flag(parser: argparse.ArgumentParser, *, manifest_only: bool = 
     parser.add_argument("--emulator", action="store_true", help=help_)
 
 
+def add_redo_flags(parser: argparse.ArgumentParser) -> None:
+    """`--redo rejected` and `--redo-set NAME=TEMPLATE` (run and plan)."""
+    parser.add_argument(
+        "--redo",
+        choices=["rejected"],
+        help="a new attempt for every run whose current attempt is rejected (review), and the runs downstream of it",
+    )
+    parser.add_argument(
+        "--redo-set",
+        dest="redo_set",
+        action="append",
+        default=[],
+        metavar="NAME=TEMPLATE",
+        help="vary an input from attempt 2 on, e.g. 'Seed={{ attempt }}' (repeatable; over the spec's review.vary)",
+    )
+
+
 def duration_flag(text: str) -> float:
     from lamina_batch.errors import ConfigError
     from lamina_batch.spec import parse_duration

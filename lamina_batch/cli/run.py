@@ -25,6 +25,7 @@ from lamina_batch.cli.parser import (
     REPORT_FORMATS,
     Commands,
     add_emulator_flag,
+    add_redo_flags,
     duration_flag,
     listen_flag,
     positive_int,
@@ -85,6 +86,7 @@ def register(commands: Commands) -> None:
         help=f"off a terminal (CI logs), print a progress line this often (default {SUMMARY_EVERY:g}s)",
     )
     r.add_argument("--dry-run", action="store_true", help=argparse.SUPPRESS)
+    add_redo_flags(r)
     # cmd_run turns the garbage collector on itself, just before the batch (see console())
     r.set_defaults(enables_gc=True)
 

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from lamina_batch.cli.common import EXIT_OK, Out, batch_options
-from lamina_batch.cli.parser import Commands, add_emulator_flag, positive_int, shard_flag
+from lamina_batch.cli.parser import Commands, add_emulator_flag, add_redo_flags, positive_int, shard_flag
 
 
 def register(commands: Commands) -> None:
@@ -36,6 +36,7 @@ def register(commands: Commands) -> None:
     pl.add_argument("--refresh-estimates", action="store_true", help="ask for estimates again (cached for an hour)")
     pl.add_argument("--offline", action="store_true", help="send nothing: credits read unknown")
     add_emulator_flag(pl)
+    add_redo_flags(pl)
 
 
 def cmd_validate(args: argparse.Namespace, out: Out) -> int:
@@ -70,7 +71,11 @@ def cmd_plan(args: argparse.Namespace, out: Out) -> int:
 
     options = batch_options(args)
     report = plan(
-        args.pipeline, options, details=args.json, credits=not args.offline, refresh_estimates=args.refresh_estimates
+        args.pipeline,
+        options,
+        details=args.json or args.redo is not None,
+        credits=not args.offline,
+        refresh_estimates=args.refresh_estimates,
     )
     if args.offline:
         report = offline_bill(report, args.pipeline, options)

@@ -13,6 +13,7 @@ from lamina_batch.crash import crashpoint
 from lamina_batch.downloads import guess_ext
 from lamina_batch.errors import DownloadError, TemplateError
 from lamina_batch.events import DownloadFailed, RunReused
+from lamina_batch.history import move_to_history
 from lamina_batch.manifest import Durability
 from lamina_batch.models import DOWNLOAD_FAILED, DownloadRecord, PlannedRun, RemoteRun, RunOutput, RunRecord, RunState
 from lamina_batch.templates import render_download_path
@@ -68,6 +69,14 @@ class Completer:
         self._ctx.emit(finished(run, RunState.COMPLETED, None))
         self._ctx.guards.judge(RunState.COMPLETED)
         return Outcome(RunState.COMPLETED, remote.outputs)
+
+    def archive_files(self, identity: str) -> tuple[DownloadRecord, ...] | None:
+        """Before a redo's intent: move the completed attempt's files to history (history.py) and return their
+        records as moved, for the attempt kept in the manifest; None when nothing was downloaded."""
+        rec = self._manifest.get(identity)
+        if self._downloader is None or rec is None or rec.state is not RunState.COMPLETED or not rec.downloads:
+            return None
+        return move_to_history(self._downloader.base_dir, rec.downloads, max(rec.attempts, 1))
 
     def finish_bad(self, run: PlannedRun, state: RunState, error: str, code: str | None) -> Outcome:
         self._manifest.finish(run.identity, state, error=error, error_code=code)

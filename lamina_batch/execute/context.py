@@ -46,11 +46,19 @@ class ExecOptions:
     # expected credits of one run per app (the estimates `run` fetched): each start commits its app's against
     # max_credits and is recorded with it; an app missing here costs nothing known
     credit_prices: Mapping[str, float] = field(default_factory=dict)
+    # `--redo rejected`: start again completed runs whose current attempt is rejected (`rejected`: identity -> the
+    # newest rejected attempt, from the verdicts) and the runs downstream of them
+    redo_rejected: bool = False
+    rejected: Mapping[str, int] = field(default_factory=dict)
+    # `--redo-set NAME=TEMPLATE`: inputs varied from attempt 2 on, beside (and over) the spec's `review.vary`
+    redo_set: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def choices(self) -> Choices:
         """The restart choices `lifecycle.decide` weighs."""
-        return Choices(retry_failed=self.retry_failed, restart_unknown=self.restart_unknown)
+        return Choices(
+            retry_failed=self.retry_failed, restart_unknown=self.restart_unknown, redo_rejected=self.redo_rejected
+        )
 
 
 def describe(e: BaseException) -> str:

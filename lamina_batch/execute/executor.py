@@ -15,7 +15,16 @@ from typing import TYPE_CHECKING
 
 from lamina_batch.errors import ApiError
 from lamina_batch.events import Event, RunRetrying, StopReason
-from lamina_batch.lifecycle import COMPLETE, RUN_FAILED, UPSTREAM_FAILED, Action, Decision, Upstream, decide
+from lamina_batch.lifecycle import (
+    COMPLETE,
+    RUN_FAILED,
+    UPSTREAM_FAILED,
+    Action,
+    Decision,
+    Upstream,
+    decide,
+    redo_reason,
+)
 from lamina_batch.matrix import expand_runs
 from lamina_batch.models import ItemPlan, PlannedRun, RunOutput, RunRecord, RunState
 
@@ -26,7 +35,7 @@ from .follow import Durations, Follower, WebhookWaits
 from .outcomes import IN_FLIGHT_RUNNING, NOT_STARTED, Outcome, Started, StartResult, TimedOut
 from .reconcile import Reconciler
 from .scope import Interrupted, Pool, StopScope
-from .starter import Starter, StartLedger
+from .starter import Redo, Starter, StartLedger
 
 if TYPE_CHECKING:
     from lamina_batch.client import LaminaClient
@@ -199,7 +208,7 @@ class Executor:
     async def _run(self, run: PlannedRun, upstream_tasks: Mapping[str, asyncio.Task[Outcome]]) -> Outcome:
         upstream, outputs = await _gather(upstream_tasks)
         rec = self._manifest.get(run.identity)
-        decision = decide(rec, upstream, self._choices)
+        decision = decide(rec, upstream, self._choices, redo=self._redo_reason(run, rec))
         settled = await self._settle(run, rec, decision, upstream, outputs)
         if settled is not None:
             return settled
@@ -287,10 +296,34 @@ class Executor:
                 return reconciled
             # nothing was created: the run is pending again, and decided afresh
             fresh = self._manifest.get(run.identity)
-            settled = await self._settle(run, fresh, decide(fresh, upstream, self._choices), upstream, outputs)
+            again = decide(fresh, upstream, self._choices, redo=self._redo_reason(run, fresh))
+            settled = await self._settle(run, fresh, again, upstream, outputs)
             if settled is not None:
                 return settled
-        return await self._starter.start(run, outputs)
+        return await self._starter.start(run, outputs, self._how(run, decision))
+
+    # ------------------------------------------------------------------ redo
+
+    def _redo_reason(self, run: PlannedRun, rec: RunRecord | None) -> str | None:
+        """Why a completed run would be redone (`--redo rejected` only): rejected, or an upstream redone."""
+        if not self._choices.redo_rejected or rec is None or rec.state is not RunState.COMPLETED:
+            return None
+        rejected = self._options.rejected.get(run.identity) == max(rec.attempts, 1)
+        return redo_reason(rec, rejected, self._upstream_attempts(run))
+
+    def _upstream_attempts(self, run: PlannedRun) -> dict[str, int]:
+        """step id -> the current attempt of that upstream run of this item (what a start now consumes)."""
+        if not run.needs:
+            return {}
+        found = self._manifest.get_many(run.needs.values())
+        return {step: found[ident].attempts for step, ident in run.needs.items() if ident in found}
+
+    def _how(self, run: PlannedRun, decision: Decision) -> Redo | None:
+        redo = decision.action is Action.REDO
+        if not redo and not run.needs:
+            return None
+        archive = (lambda: self._completer.archive_files(run.identity)) if redo else None
+        return Redo(redo=redo, upstream_attempts=self._upstream_attempts(run) or None, archive=archive)
 
     @contextlib.asynccontextmanager
     async def _slot(self, run: PlannedRun, stop: asyncio.Event) -> AsyncIterator[None]:

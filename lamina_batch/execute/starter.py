@@ -5,7 +5,7 @@ Nothing is sent again blindly: a start is repeated only when nothing was created
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from lamina_batch.crash import crashpoint
@@ -23,8 +23,9 @@ from lamina_batch.errors import (
 from lamina_batch.events import RunStarted, StopReason
 from lamina_batch.lifecycle import TEMPLATE_ERROR
 from lamina_batch.manifest import Durability
-from lamina_batch.matrix import render_inputs
-from lamina_batch.models import PlannedRun, RemoteRun, RunOutput, RunRecord, RunState
+from lamina_batch.matrix import render_inputs, render_vary
+from lamina_batch.models import DownloadRecord, PlannedRun, RemoteRun, RunOutput, RunRecord, RunState
+from lamina_batch.params import normalise
 from lamina_batch.retry import Backoff
 
 from .budget import CreditBudget
@@ -34,7 +35,34 @@ from .outcomes import IN_FLIGHT_SUBMITTING, NOT_STARTED, Outcome, Started, Start
 from .reconcile import Reconciler, Verdict
 from .scope import Interrupted
 
-__all__ = ["Reservation", "StartLedger", "Starter"]
+__all__ = ["Redo", "Reservation", "StartLedger", "Starter", "apply_vary"]
+
+# Moves the superseded attempt's files to history and returns their records as moved (history.py).
+Archive = Callable[[], Sequence[DownloadRecord] | None]
+
+
+class Redo:
+    """What a start carries besides the run: a redo of a completed run (`redo`), the upstream attempts it
+    consumes (step id -> attempt, recorded with the intent) and how to archive the attempt it supersedes."""
+
+    __slots__ = ("archive", "redo", "upstream_attempts")
+
+    def __init__(
+        self, *, redo: bool = False, upstream_attempts: Mapping[str, int] | None = None, archive: Archive | None = None
+    ) -> None:
+        self.redo = redo
+        self.upstream_attempts = upstream_attempts
+        self.archive = archive
+
+
+def apply_vary(inputs: Mapping[str, Any], vary: Mapping[str, Any]) -> dict[str, Any]:
+    """`inputs` with each varied value replacing the input of the same name (case, spaces and punctuation
+    aside), else added under its own name."""
+    out = dict(inputs)
+    spelled = {normalise(name): name for name in inputs}
+    for name, value in vary.items():
+        out[spelled.get(normalise(name), name)] = value
+    return out
 
 
 class StartLedger:
@@ -102,11 +130,14 @@ class Starter:
         self._reconciler = reconciler
         self._completer = completer
         self._backoffs: dict[str, Backoff] = {}
+        self._varies = bool(ctx.pipeline.review.vary or ctx.options.redo_set)
 
     def _may_start(self, app_id: str | None = None) -> bool:
         return not self._ctx.scope.no_starts.is_set() and self._ledger.may_start(app_id)
 
-    async def start(self, run: PlannedRun, upstream: Mapping[str, Sequence[RunOutput]]) -> StartResult:
+    async def start(
+        self, run: PlannedRun, upstream: Mapping[str, Sequence[RunOutput]], how: Redo | None = None
+    ) -> StartResult:
         """Start `run` (a new attempt): a Started to follow, or how it ended without one."""
         scope = self._ctx.scope
         gate = scope.app_gate(run.app_id)
@@ -118,7 +149,7 @@ class Starter:
             except Interrupted:
                 return NOT_STARTED
             try:
-                result = await self._start_once(run, upstream) if self._may_start(run.app_id) else NOT_STARTED
+                result = await self._start_once(run, upstream, how) if self._may_start(run.app_id) else NOT_STARTED
             except BaseException:
                 gate.release()
                 raise
@@ -148,16 +179,28 @@ class Starter:
             gate.release()
 
     async def _start_once(
-        self, run: PlannedRun, upstream: Mapping[str, Sequence[RunOutput]]
+        self, run: PlannedRun, upstream: Mapping[str, Sequence[RunOutput]], how: Redo | None
     ) -> Started | Outcome | TryAgain:
         """One start under the app's gate: intent, request, remote id."""
+        redo = how is not None and how.redo
         try:
-            inputs = render_inputs(self._ctx.pipeline, run, upstream)
+            inputs = self._inputs(run, upstream, redo=redo)
         except TemplateError as e:
+            if redo:  # a completed run keeps its result: the redo is not made, and says why
+                self._ctx.notice(f"redo:{run.identity}", f"redo of {run.step_id} row {run.item.row_number}: {e}")
+                return NOT_STARTED
             return self._completer.fail_without_request(run, str(e), TEMPLATE_ERROR)
         crashpoint("before-intent")
         price = self._ledger.price(run.app_id)
-        rec = self._manifest.begin_attempt(run, inputs, credits_estimate=price)
+        archived = how.archive() if how is not None and how.archive is not None else None
+        rec = self._manifest.begin_attempt(
+            run,
+            inputs,
+            credits_estimate=price,
+            redo=redo,
+            upstream_attempts=how.upstream_attempts if how is not None else None,
+            archived_downloads=archived,
+        )
         crashpoint("after-intent")
         submitted = rec.submitted_epoch or self._ctx.now()
         reservation = self._ledger.reserve(price or 0.0)
@@ -188,6 +231,18 @@ class Starter:
             RunStarted(run.identity, run.step_id, run.item.row_number, run.item.key, remote.run_id, rec.attempts)
         )
         return Started(remote.run_id, submitted, remote)
+
+    def _inputs(self, run: PlannedRun, upstream: Mapping[str, Sequence[RunOutput]], *, redo: bool) -> dict[str, Any]:
+        """The inputs to send: rendered with the upstream's outputs; from attempt 2 on (only looked up where the
+        spec's `review.vary` or `--redo-set` could change them, or on a redo) with `attempt` and the varied ones."""
+        pipeline = self._ctx.pipeline
+        if not (redo or self._varies):
+            return render_inputs(pipeline, run, upstream)
+        current = self._manifest.get(run.identity)
+        attempt = (current.attempts if current is not None else 0) + 1
+        inputs = render_inputs(pipeline, run, upstream, attempt=attempt)
+        vary = render_vary(pipeline, run, upstream, attempt=attempt, overrides=self._ctx.options.redo_set)
+        return apply_vary(inputs, vary) if vary else inputs
 
     def _not_created(self, run: PlannedRun, e: ApiError) -> Outcome | TryAgain:
         """A start answered or failed in a way that created nothing: try again later, stop, or fail the run."""

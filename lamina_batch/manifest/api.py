@@ -25,12 +25,21 @@ __all__ = ["Manifest"]
 _BEGIN = (
     ", attempts = ?, submitted_at = ?, inputs_json = ?, remote_id = NULL, error = NULL, error_code = NULL, "
     "request_id = NULL, finished_at = NULL, remote_duration = NULL, outputs_json = '[]', downloads_json = '[]', "
-    "output_labels_json = ?, needs_json = ?, "
+    "output_labels_json = ?, needs_json = ?, upstream_attempts_json = ?, "
     # an earlier attempt that created a remote run cost something: carried into credits_earlier (the right-hand
     # sides read the row as it was before this UPDATE)
     "credits_earlier = credits_earlier + CASE WHEN remote_id IS NOT NULL "
     "THEN COALESCE(credits_actual, credits_estimate, 0) ELSE 0 END, credits_estimate = ?, credits_actual = NULL"
 )
+# The attempt a new one supersedes, kept whole in `attempts` (its files' records as given: moved to history).
+_ARCHIVE = (
+    "INSERT OR REPLACE INTO attempts (identity, attempt, state, remote_id, inputs_json, outputs_json, downloads_json, "
+    "error, error_code, credits, submitted_at, finished_at, archived_at) "
+    "SELECT identity, attempts, state, remote_id, inputs_json, outputs_json, COALESCE(?, downloads_json), error, "
+    "error_code, CASE WHEN remote_id IS NOT NULL THEN COALESCE(credits_actual, credits_estimate) END, submitted_at, "
+    "finished_at, ? FROM runs WHERE identity = ?"
+)
+_ARCHIVED = (RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED, RunState.TIMED_OUT, RunState.UNKNOWN)
 
 
 class Manifest(Reader):
@@ -97,14 +106,25 @@ class Manifest(Reader):
     # ----------------------------------------------------------------- starting
 
     def begin_attempt(
-        self, run: PlannedRun, inputs: Mapping[str, Any], *, credits_estimate: float | None = None
+        self,
+        run: PlannedRun,
+        inputs: Mapping[str, Any],
+        *,
+        redo: bool = False,
+        upstream_attempts: Mapping[str, int] | None = None,
+        archived_downloads: Sequence[DownloadRecord] | None = None,
+        credits_estimate: float | None = None,
     ) -> RunRecord:
         """Record the intent to start `run` with `inputs` (-> submitting, attempts+1), committed before the
-        start request goes out, with the expected credits it is started under. Refuses a run that is running or
-        completed: that would pay twice."""
+        start request goes out, with the expected credits it is started under. Refuses a run that is running, or
+        completed unless `redo` (`--redo rejected`: a deliberate new attempt); anything else would pay twice.
+        `upstream_attempts` (step id -> attempt) records which attempts of its upstream runs this attempt consumes.
+        An attempt that ended is first kept in the `attempts` table (with what it cost), with `archived_downloads`
+        as its files when they were moved (history.py)."""
         now = self._clock()
         plan = plan_values(run)
         inputs_json = dumps(dict(inputs))
+        upstream_json = dumps(dict(upstream_attempts or {}))
         # Writes waiting in the group commit ride along only if due with an intent (this one is on the
         # one-start-per-app path), and this run's own finish, which must land first.
         with self._write(intent_of=run.identity) as c:
@@ -121,18 +141,30 @@ class Manifest(Reader):
                     state=RunState.SUBMITTING,
                     now=now,
                     credits_estimate=credits_estimate,
+                    upstream_attempts_json=upstream_json,
                 )
                 self._move(c, run.identity, None, RunState.SUBMITTING, at=now, detail="attempt 1")
             else:
                 old = RunState(row[0])
-                if old in (RunState.RUNNING, RunState.COMPLETED):
+                if old is RunState.RUNNING or (old is RunState.COMPLETED and not redo):
                     raise IllegalTransitionError(
                         f"{self._path}: refusing to start run {run.identity} again: it is {old.value}"
                         + (f" as remote run {row[1]}" if row[1] else "")
                     )
                 attempts, created = int(row[2]) + 1, row[3]
+                if old in _ARCHIVED and attempts > 1:
+                    moved = None if archived_downloads is None else _downloads_json(archived_downloads)
+                    c.execute(_ARCHIVE, (moved, now, run.identity))
                 # indexed columns are left alone unless they changed: each index entry rewritten costs WAL pages
-                values = (attempts, now, inputs_json, plan["output_labels_json"], plan["needs_json"], credits_estimate)
+                values = (
+                    attempts,
+                    now,
+                    inputs_json,
+                    plan["output_labels_json"],
+                    plan["needs_json"],
+                    upstream_json,
+                    credits_estimate,
+                )
                 detail = f"attempt {attempts}"
                 self._move(
                     c, run.identity, old, RunState.SUBMITTING, at=now, detail=detail, assignments=_BEGIN, values=values
@@ -157,6 +189,7 @@ class Manifest(Reader):
             updated_at=now,
             submitted_at=now,
             credits_estimate=credits_estimate,
+            upstream_attempts=dict(upstream_attempts or {}),
         )
 
     def set_remote_id(
@@ -277,3 +310,7 @@ class Manifest(Reader):
                 (request_id, run_id, status, self._clock()),
             )
             return cur.rowcount == 1
+
+
+def _downloads_json(downloads: Sequence[DownloadRecord]) -> str:
+    return dumps([dataclasses.asdict(d) for d in downloads])

@@ -3,12 +3,13 @@ and state, a run's transition history, and the remote durations the executor lea
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from lamina_batch.models import RunRecord, RunState
+from lamina_batch.models import PastAttempt, RunRecord, RunState
 
-from .records import SELECT_RUNS, SELECT_RUNS_WITH_ROWID, Transition, record_of
+from .records import SELECT_RUNS, SELECT_RUNS_WITH_ROWID, Transition, load_downloads, load_outputs, record_of
 from .store import Store
 
 __all__ = ["Reader"]
@@ -123,6 +124,26 @@ class Reader(Store):
         return [
             Transition(r[0], r[1], None if r[2] is None else RunState(r[2]), RunState(r[3]), r[4], r[5]) for r in rows
         ]
+
+    def past_attempts(self, identity: str | None = None) -> dict[str, list[PastAttempt]]:
+        """Superseded attempts (a retry's or a redo's predecessor) per identity, newest first: `identity`'s, or all."""
+        self._flush_for(identity)
+        sql = (
+            "SELECT identity, attempt, state, outputs_json, downloads_json, remote_id, finished_at, error FROM attempts"
+        )
+        params: tuple[str, ...] = ()
+        if identity is not None:
+            sql, params = sql + " WHERE identity = ?", (identity,)
+        try:
+            with self._read() as c:
+                rows = c.execute(sql + " ORDER BY identity, attempt DESC", params).fetchall()
+        except sqlite3.OperationalError:  # an empty in-memory manifest of a file not written yet
+            return {}
+        out: dict[str, list[PastAttempt]] = {}
+        for r in rows:
+            past = PastAttempt(r[1], RunState(r[2]), load_outputs(r[3]), load_downloads(r[4]), r[5], r[6], r[7])
+            out.setdefault(r[0], []).append(past)
+        return out
 
     def recent_durations(self, app_id: str, limit: int) -> list[float]:
         """Remote durations of the app's last `limit` completed runs, oldest first (finish times are kept to the

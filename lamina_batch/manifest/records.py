@@ -23,6 +23,8 @@ __all__ = [
     "detail_of",
     "dumps",
     "insert_run",
+    "load_downloads",
+    "load_outputs",
     "loads",
     "outputs_json",
     "plan_values",
@@ -76,13 +78,13 @@ def outputs_json(outputs: Iterable[RunOutput]) -> str:
     return dumps([dataclasses.asdict(o) for o in outputs])
 
 
-def _load_outputs(text: str) -> tuple[RunOutput, ...]:
+def load_outputs(text: str) -> tuple[RunOutput, ...]:
     if text == "[]":
         return ()
     return tuple(RunOutput(**{k: v for k, v in d.items() if k in _OUTPUT_FIELDS}) for d in json.loads(text))
 
 
-def _load_downloads(text: str) -> tuple[DownloadRecord, ...]:
+def load_downloads(text: str) -> tuple[DownloadRecord, ...]:
     if text == "[]":
         return ()
     return tuple(DownloadRecord(**{k: v for k, v in d.items() if k in _DOWNLOAD_FIELDS}) for d in json.loads(text))
@@ -111,14 +113,15 @@ def record_of(row: Sequence[Any]) -> RunRecord:
         submitted_at=row[16],
         finished_at=row[17],
         remote_duration=row[18],
-        outputs=_load_outputs(row[19]),
+        outputs=load_outputs(row[19]),
         error=row[20],
         error_code=row[21],
         request_id=row[22],
-        downloads=_load_downloads(row[23]),
+        downloads=load_downloads(row[23]),
         credits_estimate=row[24],
         credits_actual=row[25],
         credits_earlier=row[26] or 0.0,
+        upstream_attempts=loads(row[27]) if row[27] is not None else {},
     )
 
 
@@ -146,6 +149,7 @@ def insert_run(
     state: RunState,
     now: str,
     credits_estimate: float | None = None,
+    upstream_attempts_json: str = "{}",
 ) -> None:
     """A new `runs` row in `state` (pending, or submitting for a first start intent)."""
     submitting = state is RunState.SUBMITTING
@@ -163,6 +167,7 @@ def insert_run(
         downloads_json="[]",
         credits_estimate=credits_estimate,
         credits_earlier=0.0,
+        upstream_attempts_json=upstream_attempts_json,
     )
     c.execute(INSERT_RUN, values)
 

@@ -48,6 +48,7 @@ RUN_COLUMNS = (
     "credits_estimate",
     "credits_actual",
     "credits_earlier",
+    "upstream_attempts_json",
 )
 
 

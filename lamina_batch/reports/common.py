@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lamina_batch.credits import format_credits
-from lamina_batch.models import DownloadRecord, RunOutput, RunRecord, RunState
+from lamina_batch.models import PastAttempt as PastAttempt  # re-exported: reports and review use it
+from lamina_batch.models import RunRecord, RunState
 from lamina_batch.verdicts import Verdict
 
 # The order states are shown in, everywhere: good news first, then the bad, then what is not finished.
@@ -35,20 +36,6 @@ STATE_LABELS: Mapping[RunState, str] = {
     RunState.SUBMITTING: "submitting",
     RunState.PENDING: "pending",
 }
-
-
-@dataclass(frozen=True)
-class PastAttempt:
-    """An earlier attempt of a run (a retry or a redo), kept as history: what it produced and where its
-    files went (download paths relative to the output folder, like the current attempt's)."""
-
-    attempt: int
-    state: RunState
-    outputs: tuple[RunOutput, ...] = ()
-    downloads: tuple[DownloadRecord, ...] = ()
-    remote_id: str | None = None
-    finished_at: str | None = None
-    error: str | None = None
 
 
 @dataclass(frozen=True)
