@@ -138,8 +138,12 @@ def status(pipeline: PipelineSource, options: BatchOptions | None = None) -> Sta
         raise ManifestError(
             f"{loaded.manifest}: no manifest yet; start the batch with `lamina-batch run {_shown(pipeline)}`"
         )
+    from .verdicts import VerdictStore
+
+    with VerdictStore.open(loaded.manifest, pipeline_name=loaded.name, writable=False) as store:
+        verdicts = {key: v.verdict for key, v in store.latest().items()}
     with Manifest.open(loaded.manifest, pipeline_name=loaded.name, writer=False) as manifest:
-        return status_report(loaded, manifest, shard=options.shard_pair)
+        return status_report(loaded, manifest, shard=options.shard_pair, verdicts=verdicts)
 
 
 def cancel(pipeline: PipelineSource, options: BatchOptions | None = None) -> list[tuple[str, str]]:

@@ -523,6 +523,13 @@ class StatusReport:
     # completed runs whose files could not all be written: failed for the exit code until a resume fetches them
     download_failures: tuple[FailureEntry, ...] = field(default_factory=tuple)
     credits: Mapping[str, float] = field(default_factory=dict)  # per step: what its runs cost (RunRecord.credits)
+    # review verdicts of the completed runs' current attempts: approved / rejected / unreviewed ({}: none given)
+    verdicts: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def rejected(self) -> int:
+        """Runs whose current attempt is rejected (no newer attempt yet): what `--fail-on-rejected` fails on."""
+        return self.verdicts.get("rejected", 0)
 
     def total(self, state: str) -> int:
         return sum(c.get(state, 0) for c in self.steps.values())
@@ -556,6 +563,8 @@ class StatusReport:
             "steps": {step: dict(c) for step, c in self.steps.items()},
             "failures": [entry(f) for f in self.failures],
             "download_failures": [entry(f) for f in self.download_failures],
+            "credits": {"by_step": dict(self.credits), "total": sum(self.credits.values())} if self.credits else None,
+            "verdicts": dict(self.verdicts),
         }
 
     @property
@@ -591,12 +600,27 @@ class StatusReport:
         if self.credits:
             spent = ", ".join(f"{step} {format_credits(v)}" for step, v in self.credits.items())
             lines.append(f"credits: {spent}; total {format_credits(sum(self.credits.values()))}")
+        if self.verdicts.get("approved") or self.verdicts.get("rejected"):
+            v = self.verdicts
+            lines.append(
+                f"review: {v.get('approved', 0)} approved, {v.get('rejected', 0)} rejected, "
+                f"{v.get('unreviewed', 0)} unreviewed"
+                + (" (`run --redo rejected` makes new attempts)" if v.get("rejected") else "")
+            )
         return "\n".join(lines)
 
 
-def status_report(pipeline: Pipeline, manifest: Manifest, *, shard: tuple[int, int] | None = None) -> StatusReport:
-    """Counts by state per step over the planned runs, and every failure with its row and reason."""
+def status_report(
+    pipeline: Pipeline,
+    manifest: Manifest,
+    *,
+    shard: tuple[int, int] | None = None,
+    verdicts: Mapping[tuple[str, int], str] | None = None,
+) -> StatusReport:
+    """Counts by state per step over the planned runs, and every failure with its row and reason; with `verdicts`
+    ((identity, attempt) -> approved/rejected), the verdict counts of the completed runs' current attempts."""
     steps: dict[str, Counter[str]] = {s.id: Counter() for s in pipeline.steps}
+    reviewed: Counter[str] = Counter()
     failures: list[FailureEntry] = []
     downloads: list[FailureEntry] = []
     spent: dict[str, float] = {}
@@ -625,6 +649,8 @@ def status_report(pipeline: Pipeline, manifest: Manifest, *, shard: tuple[int, i
             cost = rec.credits
             if cost is not None:
                 spent[rec.step_id] = spent.get(rec.step_id, 0.0) + cost
+            if verdicts is not None and rec.state is RunState.COMPLETED:
+                reviewed[verdicts.get((rec.identity, max(rec.attempts, 1)), "unreviewed")] += 1
             if rec.state.bad:
                 failures.append(
                     FailureEntry(
@@ -638,7 +664,14 @@ def status_report(pipeline: Pipeline, manifest: Manifest, *, shard: tuple[int, i
                         rec.remote_id,
                     )
                 )
-    return StatusReport(pipeline.name, {s: dict(c) for s, c in steps.items()}, tuple(failures), tuple(downloads), spent)
+    return StatusReport(
+        pipeline.name,
+        {s: dict(c) for s, c in steps.items()},
+        tuple(failures),
+        tuple(downloads),
+        spent,
+        dict(reviewed),
+    )
 
 
 def status_exit_code(report: StatusReport) -> int:

@@ -10,7 +10,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from lamina_batch.cli import apps, auth, emulator, manifests, run, validate_plan
+from lamina_batch.cli import apps, auth, emulator, manifests, review, run, validate_plan
 from lamina_batch.cli.common import (
     EXIT_CONFIG,
     EXIT_FAILED_RUNS,
@@ -46,7 +46,7 @@ AUTH_ADVICE = (
 
 # Every command, in `--help` order. A new command: a module with `register(commands)` (see cli/manifests.py),
 # listed here.
-GROUPS: tuple[Group, ...] = (run, validate_plan, manifests, apps, auth, emulator)
+GROUPS: tuple[Group, ...] = (run, validate_plan, manifests, review, apps, auth, emulator)
 
 
 def console() -> int:

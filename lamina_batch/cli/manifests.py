@@ -33,6 +33,9 @@ def register(commands: Commands) -> None:
     st.add_argument("--shard", type=shard_flag, metavar="I/N")
     st.add_argument("--json", action="store_true", help="the same counts and failures as JSON, for scripts")
     add_emulator_flag(st, manifest_only=True)
+    st.add_argument(
+        "--fail-on-rejected", action="store_true", help="exit 1 while any rejected run has no newer attempt (CI gate)"
+    )
 
     rp = commands.add("report", "write results from the manifest", cmd_report, pipeline=True)
     rp.add_argument("--format", "-f", required=True, choices=REPORT_FORMATS)
@@ -61,6 +64,9 @@ def cmd_status(args: argparse.Namespace, out: Out) -> int:
         out.result(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
     else:
         out.result(report.render_text())
+    if args.fail_on_rejected and report.rejected:
+        out.err(f"lamina-batch: {report.rejected} rejected runs have no newer attempt (`run --redo rejected`)")
+        return EXIT_FAILED_RUNS
     if report.all_completed:
         return EXIT_OK
     if report.any_unfinished:
