@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     from .executor import ExecOptions, Executor
     from .manifest import Manifest
     from .matrix import InputDigest
+    from .models import PastAttempt
     from .reports import ReportInput
+    from .verdicts import Verdict
 
 __all__ = ["BatchOptions", "BatchResult", "EventHandler", "run_batch", "run_batch_async", "write_reports"]
 
@@ -131,6 +133,7 @@ def write_reports(
     from .reports import ReportInput, append_github_summary, render_markdown, write_report
 
     written: list[tuple[str, Path]] = []
+    verdicts, history = _review_of(manifest)
     for fmt, target in reports:
         path = Path(target)
         data = ReportInput(
@@ -140,6 +143,8 @@ def write_reports(
             base_dir=base_dir,
             embed=embed,
             not_started=not_started,
+            verdicts=verdicts,
+            history=history,
         )
         data = _with_card_fields(data, pipeline)
         write_report(fmt, data, path)
@@ -148,6 +153,17 @@ def write_reports(
             append_github_summary(render_markdown(dataclasses.replace(data, records=manifest.iter_runs())), os.environ)
         written.append((fmt, path))
     return tuple(written)
+
+
+def _review_of(manifest: Manifest) -> tuple[dict[tuple[str, int], Verdict], dict[str, list[PastAttempt]]]:
+    """The verdicts in force per (identity, attempt) and the earlier attempts per identity, for the reports."""
+    from .verdicts import VerdictStore
+
+    verdicts: dict[tuple[str, int], Verdict] = {}
+    if manifest.path.is_file():
+        with VerdictStore.open(manifest.path, pipeline_name=manifest.pipeline_name, writable=False) as store:
+            verdicts = dict(store.latest())
+    return verdicts, dict(manifest.past_attempts())
 
 
 def _with_card_fields(data: ReportInput, pipeline: Pipeline) -> ReportInput:

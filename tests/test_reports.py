@@ -188,15 +188,16 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_csv_one_line_per_item_with_step_columns(tmp_path: Path) -> None:
-    """CSV: row columns, axes, then per step status/output/file/run_id/error/credits, one line per item."""
+    """CSV: row columns, axes, then per step status/output/file/run_id/verdict/error/credits, one line per item."""
     out = tmp_path / "results.csv"
     write_csv(data(one_shot(mixed_records()), tmp_path), out)
     with out.open(newline="", encoding="utf-8") as fh:
         header = next(csv.reader(fh))
     assert header == [
         "sku", "name", "colour", "aspect",
-        "hero.status", "hero.output", "hero.file", "hero.run_id", "hero.error", "hero.credits",
-        "banner.status", "banner.output", "banner.file", "banner.run_id", "banner.error", "banner.credits",
+        "hero.status", "hero.output", "hero.file", "hero.run_id", "hero.verdict", "hero.error", "hero.credits",
+        "banner.status", "banner.output", "banner.file", "banner.run_id", "banner.verdict", "banner.error",
+        "banner.credits",
     ]  # fmt: skip
     rows = read_csv(out)
     assert len(rows) == 6
@@ -619,3 +620,32 @@ def test_reports_show_credits_per_run_per_step_and_in_total(tmp_path: Path) -> N
     assert "Credits: hero 4, banner 12; total 16" in render_markdown(data(credit_records(), tmp_path))
     write_html(data(credit_records(), tmp_path), tmp_path / "r.html")
     assert "credits: hero 4, banner 12; total 16" in (tmp_path / "r.html").read_text()
+
+
+def test_every_report_carries_the_verdict_of_the_current_attempt(tmp_path: Path) -> None:
+    """CSV `<step>.verdict`, JSONL `verdict`/`verdict_note` and the markdown's review counts give the verdict in
+    force for each completed run's current attempt; a verdict on an earlier attempt does not count."""
+    good = rec("hero", 1, RunState.COMPLETED, key="A1", outputs=[img("https://cdn/a.png")], remote_id="run_1")
+    bad = rec("hero", 2, RunState.COMPLETED, key="B2", outputs=[img("https://cdn/b.png")], remote_id="run_2")
+    redone = dataclasses.replace(
+        rec("hero", 3, RunState.COMPLETED, key="C3", outputs=[img("https://cdn/c.png")], remote_id="run_3"),
+        attempts=2,
+    )
+    at = "2026-01-01T00:00:00.000Z"
+    verdicts = {
+        (good.identity, 1): Verdict(1, good.identity, 1, "approved", None, at, "page"),
+        (bad.identity, 1): Verdict(2, bad.identity, 1, "rejected", "too red", at, "page"),
+        (redone.identity, 1): Verdict(3, redone.identity, 1, "rejected", None, at, "page"),
+    }
+    data = ReportInput("p", ("hero",), [good, bad, redone], tmp_path, verdicts=verdicts)
+    write_csv(data, tmp_path / "r.csv")
+    rows = list(csv.DictReader((tmp_path / "r.csv").read_text(encoding="utf-8").splitlines()))
+    assert [r["hero.verdict"] for r in rows] == ["approved", "rejected", ""]
+    write_jsonl(data, tmp_path / "r.jsonl")
+    lines = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [(r["verdict"], r["verdict_note"]) for r in lines] == [
+        ("approved", None),
+        ("rejected", "too red"),
+        (None, None),
+    ]
+    assert "Review: 1 approved, 1 rejected, 1 unreviewed." in render_markdown(data)

@@ -124,17 +124,17 @@ def test_files_are_served_safely(server: ReviewThread, batch: tuple[Path, Path])
         assert c.delete("/").status_code == 405
 
 
-@pytest.mark.xfail(reason="the redo move (completed -> submitting) lands with issue 17's backend", strict=True)
 def test_earlier_attempts_are_listed_newest_first_and_served(batch: tuple[Path, Path]) -> None:
     """With a history source, a run's earlier attempts come with their images (served from where they were
     kept) and their verdicts, newest first; the current attempt is unreviewed again."""
     manifest, out_dir = batch
     with VerdictStore.open(manifest) as store:
         store.record("hero-1", 1, "rejected", "too red")
-    with Manifest.open(manifest, pipeline_name=NAME, writer=True) as m:  # a redo: attempt 3 of hero-1
-        for _ in range(2):
-            m.set_state("hero-1", RunState.PENDING)
-            m.begin_attempt(planned(Run("hero", 1, {"sku": "A1", "name": "Mug"}, key="A1")), {"Prompt": "p"})
+    hero1 = planned(Run("hero", 1, {"sku": "A1", "name": "Mug"}, key="A1"))
+    with Manifest.open(manifest, pipeline_name=NAME, writer=True) as m:  # a redo that failed, then attempt 3
+        m.begin_attempt(hero1, {"Prompt": "p"}, redo=True)
+        m.finish("hero-1", RunState.FAILED, error="start reply lost")
+        m.begin_attempt(hero1, {"Prompt": "p"})
         m.set_remote_id("hero-1", "run_redo")
         m.finish("hero-1", RunState.COMPLETED, outputs=(RunOutput("n1", "Hero Image", "image", "u", "completed"),))
     write_png(out_dir / "out" / "history" / "hero-1.attempt-1.png", BLUE)

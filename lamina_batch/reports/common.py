@@ -70,6 +70,11 @@ class ReportInput:
         return self.output_dir if self.output_dir is not None else self.base_dir
 
 
+def verdict_of(data: ReportInput, rec: RunRecord) -> Verdict | None:
+    """The verdict in force for `rec`'s current attempt (None: not reviewed)."""
+    return data.verdicts.get((rec.identity, max(rec.attempts, 1))) if data.verdicts else None
+
+
 def iter_items(records: Iterable[RunRecord]) -> Iterator[list[RunRecord]]:
     """Yield the runs of one matrix item at a time, holding only one row's runs in memory.
 

@@ -7,11 +7,11 @@ Streams one matrix item at a time; every cell is escaped against spreadsheet for
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from lamina_batch.atomic import atomic_text_writer
-from lamina_batch.models import RunRecord
+from lamina_batch.models import RunRecord, RunState
 from lamina_batch.reports.common import (
     ReportInput,
     credits_text,
@@ -20,8 +20,9 @@ from lamina_batch.reports.common import (
     latest_per_step,
     output_text,
 )
+from lamina_batch.verdicts import Verdict
 
-STEP_COLUMNS = ("status", "output", "file", "run_id", "error", "credits")
+STEP_COLUMNS = ("status", "output", "file", "run_id", "verdict", "error", "credits")
 MULTI_SEPARATOR = " | "
 # A spreadsheet evaluates a cell starting with one of these as a formula (OWASP "CSV injection").
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -40,20 +41,26 @@ def header(row_columns: Sequence[str], axes_columns: Sequence[str], step_ids: Se
     return cols
 
 
-def _step_cells(rec: RunRecord | None) -> list[str]:
+def _step_cells(rec: RunRecord | None, verdicts: Mapping[tuple[str, int], Verdict]) -> list[str]:
     if rec is None:
         return [""] * len(STEP_COLUMNS)
+    verdict = verdicts.get((rec.identity, max(rec.attempts, 1))) if rec.state is RunState.COMPLETED else None
     return [
         rec.state.value,
         MULTI_SEPARATOR.join(output_text(o.value) for o in rec.outputs if o.value is not None),
         MULTI_SEPARATOR.join(d.path for d in rec.downloads),
         rec.remote_id or "",
+        verdict.verdict if verdict is not None else "",
         error_text(rec),
         credits_text(rec.credits),
     ]
 
 
-def iter_csv_rows(step_ids: Sequence[str], records: Iterable[RunRecord]) -> Iterable[list[str]]:
+def iter_csv_rows(
+    step_ids: Sequence[str],
+    records: Iterable[RunRecord],
+    verdicts: Mapping[tuple[str, int], Verdict] | None = None,
+) -> Iterable[list[str]]:
     """The CSV as lists of already-escaped cells, header first (nothing at all without records)."""
     row_columns: list[str] | None = None
     axes_columns: list[str] = []
@@ -68,7 +75,7 @@ def iter_csv_rows(step_ids: Sequence[str], records: Iterable[RunRecord]) -> Iter
         cells = [first.row.get(c, "") for c in row_columns]
         cells += [first.axes.get(a, "") for a in axes_columns]
         for step in step_ids:
-            cells += _step_cells(by_step.get(step))
+            cells += _step_cells(by_step.get(step), verdicts or {})
         yield [escape_cell(c) for c in cells]
 
 
@@ -77,7 +84,7 @@ def write_csv(data: ReportInput, out: Path) -> None:
     with atomic_text_writer(out, newline="") as fh:
         writer = csv.writer(fh)
         wrote = False
-        for cells in iter_csv_rows(data.step_ids, data.records):
+        for cells in iter_csv_rows(data.step_ids, data.records, data.verdicts):
             writer.writerow(cells)
             wrote = True
         if not wrote:

@@ -8,11 +8,13 @@ from typing import Any
 
 from lamina_batch.atomic import atomic_text_writer
 from lamina_batch.models import RunRecord
-from lamina_batch.reports.common import ReportInput
+from lamina_batch.reports.common import ReportInput, verdict_of
+from lamina_batch.verdicts import Verdict
 
 
-def run_to_json(rec: RunRecord) -> dict[str, Any]:
-    """A manifest record as a JSON-ready dict (field names in snake_case, state as its string)."""
+def run_to_json(rec: RunRecord, verdict: Verdict | None = None) -> dict[str, Any]:
+    """A manifest record as a JSON-ready dict (field names in snake_case, state as its string), with the review
+    verdict of its current attempt (`verdict`, `verdict_note`: None when not reviewed)."""
     return {
         "identity": rec.identity,
         "step": rec.step_id,
@@ -62,6 +64,8 @@ def run_to_json(rec: RunRecord) -> dict[str, Any]:
         "credits_estimate": rec.credits_estimate,
         "credits_actual": rec.credits_actual,
         "credits_earlier": rec.credits_earlier,
+        "verdict": verdict.verdict if verdict is not None else None,
+        "verdict_note": verdict.note if verdict is not None else None,
     }
 
 
@@ -69,5 +73,5 @@ def write_jsonl(data: ReportInput, out: Path) -> None:
     """One compact JSON object per line; non-ASCII kept as UTF-8, odd input values stringified."""
     with atomic_text_writer(out, newline="\n") as fh:
         for rec in data.records:
-            fh.write(json.dumps(run_to_json(rec), ensure_ascii=False, default=str))
+            fh.write(json.dumps(run_to_json(rec, verdict_of(data, rec)), ensure_ascii=False, default=str))
             fh.write("\n")

@@ -18,6 +18,7 @@ from lamina_batch.reports.common import (
     credits_line,
     error_text,
     item_label,
+    verdict_of,
 )
 
 FAILURE_CAP = 50
@@ -37,10 +38,15 @@ def render_markdown(data: ReportInput, *, failure_cap: int = FAILURE_CAP) -> str
     failures: list[RunRecord] = []
     more = 0
     spent: dict[str, float] = {}
+    reviewed: dict[str, int] = {}
     for rec in data.records:
         add_credits(spent, rec)
         per_state = counts.setdefault(rec.step_id, {})
         per_state[rec.state] = per_state.get(rec.state, 0) + 1
+        if data.verdicts and rec.state is RunState.COMPLETED:
+            v = verdict_of(data, rec)
+            word = v.verdict if v is not None else "unreviewed"
+            reviewed[word] = reviewed.get(word, 0) + 1
         if rec.state.bad:
             if len(failures) < failure_cap:
                 failures.append(rec)
@@ -77,6 +83,12 @@ def render_markdown(data: ReportInput, *, failure_cap: int = FAILURE_CAP) -> str
             )
         if more:
             lines += ["", f"… and {more} more."]
+    if reviewed:
+        lines += [
+            "",
+            f"Review: {reviewed.get('approved', 0)} approved, {reviewed.get('rejected', 0)} rejected, "
+            f"{reviewed.get('unreviewed', 0)} unreviewed.",
+        ]
     lines.append("")
     return "\n".join(lines)
 
