@@ -4,6 +4,7 @@ through every (upstream state, run state, choices) combination showing that `run
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from lamina_batch.lifecycle import (
     Upstream,
     check_move,
     decide,
+    redo_reason,
 )
 from lamina_batch.manifest import Manifest
 from lamina_batch.matrix import expand_runs
@@ -120,6 +122,32 @@ def test_decisions_say_why_in_the_words_plan_shows() -> None:
     assert waiting.reason == "waiting for upstream: hero unknown"
     assert Action.START_AFTER_UPSTREAM.starts
     assert not Action.SKIP_UPSTREAM_FAILED.starts
+
+
+def test_a_completed_run_is_redone_only_by_a_verdict_and_the_flag() -> None:
+    """A completed run with a reason to redo is redone only under --redo rejected and a complete upstream; no
+    other choice (retry, restart) and no reason-less record ever starts it again."""
+    done = _record(RunState.COMPLETED)
+    redo = Choices(redo_rejected=True)
+    assert decide(done, COMPLETE, redo, redo="rejected").action is Action.REDO
+    assert decide(done, COMPLETE, redo, redo="rejected").reason == "rejected: a new attempt (--redo rejected)"
+    assert decide(done, COMPLETE, Choices(retry_failed=True, restart_unknown=True), redo="rejected").action is (
+        Action.REUSE
+    )
+    assert decide(done, COMPLETE, redo).action is Action.REUSE
+    assert decide(done, FAILED_HERO, redo, redo="upstream hero redone").action is Action.REUSE
+    assert Action.REDO.starts
+
+
+def test_redo_reason_rejected_or_upstream_newer() -> None:
+    """Rejected wins; else an upstream step whose attempt is newer than the one consumed; a run recorded before
+    consumed attempts were kept, or a run not completed, has none."""
+    consumed = dataclasses.replace(_record(RunState.COMPLETED), upstream_attempts={"hero": 1})
+    assert redo_reason(consumed, True, {"hero": 1}) == "rejected"
+    assert redo_reason(consumed, False, {"hero": 2}) == "upstream hero redone"
+    assert redo_reason(consumed, False, {"hero": 1}) is None
+    assert redo_reason(_record(RunState.COMPLETED), False, {"hero": 5}) is None
+    assert redo_reason(_record(RunState.FAILED), True, {}) is None
 
 
 # --------------------------------------------------------------------------- plan and run agree

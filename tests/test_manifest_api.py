@@ -205,3 +205,24 @@ def test_begin_attempt_keeps_the_estimate_and_carries_earlier_costs(writer: Mani
     assert again is not None
     assert (again.credits_estimate, again.credits_earlier, again.credits_actual) == (5.0, 4.0, None)
     assert again.credits == 4.0  # the new attempt has no remote run yet
+
+
+def test_a_redo_keeps_the_superseded_attempt_and_the_upstream_attempts(writer: Manifest) -> None:
+    """begin_attempt(redo=True) moves a completed run to submitting at attempt 2, keeps attempt 1 (its remote
+    run, outputs and the files as moved) in `attempts`, and records which upstream attempts it consumes."""
+    run = make_run(1)
+    writer.begin_attempt(run, run.inputs, upstream_attempts={"hero": 1})
+    assert writer.get(run.identity).upstream_attempts == {"hero": 1}  # type: ignore[union-attr]
+    writer.set_remote_id(run.identity, "r-1")
+    writer.finish(run.identity, RunState.COMPLETED)
+    writer.add_download(run.identity, DownloadRecord(0, "Hero", "https://x/a.png", "out/a.png", 3, "0" * 64))
+    moved = DownloadRecord(0, "Hero", "https://x/a.png", "out/history/a.attempt-1.png", 3, "0" * 64)
+    rec = writer.begin_attempt(run, {"Prompt": "again"}, redo=True, upstream_attempts={"hero": 2},
+                               archived_downloads=[moved])  # fmt: skip
+    assert (rec.state, rec.attempts) == (RunState.SUBMITTING, 2)
+    now = writer.get(run.identity)
+    assert now is not None
+    assert (now.downloads, now.remote_id, now.upstream_attempts) == ((), None, {"hero": 2})
+    [past] = writer.past_attempts(run.identity)[run.identity]
+    assert (past.attempt, past.state, past.remote_id, past.downloads) == (1, RunState.COMPLETED, "r-1", (moved,))
+    assert writer.transitions(run.identity)[-1].from_state is RunState.COMPLETED

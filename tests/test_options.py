@@ -94,6 +94,9 @@ def test_parsed_values_are_taken_as_they_are(pipeline: Pipeline) -> None:
         (BatchOptions(max_credits="0"), "max_credits '0' must be a positive number", "--max-credits '0'"),
         (BatchOptions(max_credits=-3), "max_credits -3 must be a positive number", "--max-credits -3"),
         (BatchOptions(max_credits="inf"), "max_credits 'inf' must be a positive", "--max-credits 'inf'"),
+        (BatchOptions(redo="failed"), "redo 'failed': the only redo is 'rejected'", "--redo 'failed'"),
+        (BatchOptions(redo_set=["Seed"]), "redo_set 'Seed' is not NAME=TEMPLATE", "--redo-set 'Seed'"),
+        (BatchOptions(redo_set=["Seed={{ attempt"]), "redo_set Seed='{{ attempt': ", "--redo-set Seed="),
     ],
 )
 def test_a_bad_value_names_its_option(pipeline: Pipeline, options: BatchOptions, library: str, cli: str) -> None:
@@ -132,3 +135,14 @@ def test_max_credits_overrides_the_pipelines_as_a_number(pipeline: Pipeline) -> 
     """`max_credits` ("2000" as written, or a number) replaces the pipeline's run.max_credits."""
     assert prepare_pipeline(pipeline, BatchOptions(max_credits="2000")).run.max_credits == 2000.0
     assert prepare_pipeline(pipeline, BatchOptions(max_credits=12.5)).run.max_credits == 12.5
+
+
+def test_redo_set_entries_become_templates_by_name() -> None:
+    """`--redo-set NAME=TEMPLATE` entries (or a mapping) are name -> template; the template may hold `=`."""
+    assert BatchOptions(redo="rejected", redo_set=["Seed={{ attempt }}", "Note=a=b"]).redo_templates == {
+        "Seed": "{{ attempt }}",
+        "Note": "a=b",
+    }
+    assert BatchOptions(redo_set={"Seed": "7"}).redo_templates == {"Seed": "7"}
+    assert BatchOptions(redo="rejected").redo_rejected
+    assert not BatchOptions().redo_rejected

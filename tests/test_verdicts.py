@@ -22,6 +22,7 @@ from lamina_batch.verdicts import (
     export_document,
     normalise_time,
     parse_document,
+    rejected_attempts,
 )
 
 FIXTURE_V2 = Path(__file__).parent / "fixtures" / "manifests" / "v2"
@@ -230,3 +231,17 @@ def test_bad_documents_name_the_file_and_entry(text: str, message: str) -> None:
     """Every shape error is one ConfigError naming the file and the entry's path."""
     with pytest.raises(ConfigError, match=message):
         parse_document(text, source="v.json")
+
+
+def test_rejected_is_the_newest_rejected_attempt_in_force(manifest: Path, tmp_path: Path) -> None:
+    """`rejected()` maps each run to its newest attempt whose verdict in force is rejected; an approval after a
+    rejection clears it; no manifest yet means nothing is rejected."""
+    with VerdictStore.open(manifest, pipeline_name="catalogue") as store:
+        store.record("hero-1", 1, "rejected", at="2026-01-01T10:00:00Z")
+        store.record("hero-1", 2, "rejected", at="2026-01-01T11:00:00Z")
+        store.record("hero-2", 1, "rejected", at="2026-01-01T10:00:00Z")
+        store.record("hero-2", 1, "approved", at="2026-01-01T10:05:00Z")
+        store.record("hero-3", 1, "approved")
+        assert store.rejected() == {"hero-1": 2}
+    assert rejected_attempts(manifest, "catalogue") == {"hero-1": 2}
+    assert rejected_attempts(tmp_path / "none.sqlite") == {}
