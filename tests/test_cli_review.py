@@ -182,3 +182,24 @@ def test_redo_set_varies_the_input(done: tuple[Path, Emulator, dict[str, str]]) 
     bad = run_cli(pipeline, env, "--redo", "rejected", "--redo-set", "Headline")
     assert bad.returncode == 2
     assert "--redo-set" in bad.stderr
+
+
+def test_a_redo_killed_after_its_start_was_sent_is_adopted_not_paid_twice(
+    done: tuple[Path, Emulator, dict[str, str]],
+) -> None:
+    """kill -9 right after the redo's start request left: the intent (submitting, attempt 2) was on disk, so the
+    next `run --redo rejected` reconciles and adopts that remote run; the emulator saw one start per redone run."""
+    pipeline, emu, env = done
+    starts = emu.stats.starts
+    assert cli(env, "review", str(pipeline), "--reject", "S002:hero").returncode == 0
+    killed = run_cli(pipeline, {**env, "LAMINA_BATCH_CRASHPOINT": "after-send"}, "--redo", "rejected")
+    assert killed.returncode == -9
+    hero = records(pipeline)[("S002", "hero")]
+    assert (hero.state, hero.attempts) == (RunState.SUBMITTING, 2)
+    resumed = run_cli(pipeline, env, "--redo", "rejected")
+    assert resumed.returncode == 0, resumed.stderr
+    assert emu.stats.starts - starts == 2
+    after = records(pipeline)
+    assert [after[("S002", s)].attempts for s in ("hero", "banner")] == [2, 2]
+    hero_starts = {k: n for k, n in emu.stats.starts_by_inputs.items() if k[0] == "app_7Hk2" and "Item 2" in k[1]}
+    assert list(hero_starts.values()) == [2]  # attempt 1 and the one redo, adopted after the kill
