@@ -4,14 +4,19 @@ few thousand images loaded lazily."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import cli_env, run_cli, write_pipeline
 from review_helpers import Run, browser_skip_reason, launch_chromium, read_png, write_runs
 
+from lamina_batch.emulator import Emulator
 from lamina_batch.models import RunState
 from lamina_batch.review import ReviewSource, ReviewThread
 from lamina_batch.verdicts import VerdictStore
@@ -208,3 +213,106 @@ def test_a_few_thousand_images_load_lazily(tmp_path: Path, browser: Any) -> None
         until(lambda: last.evaluate("i => i.complete && i.naturalWidth > 0"))
         assert any("/files/banner-1000/" in u for u in fetched)
         assert len(fetched) < 400
+
+
+# --------------------------------------------------------------------------- the whole loop, end to end
+
+
+def _review_process(pipeline: Path, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lamina_batch", "review", str(pipeline)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lamina_batch", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_review_export_import_and_redo_end_to_end(
+    tmp_path: Path, browser: Any, make_emulator: Callable[..., Emulator]
+) -> None:
+    """A batch run on the emulator; two heroes rejected by keyboard on the served page (kept through a kill -9 of
+    the server); a banner rejected offline in the static gallery, exported and imported; `run --redo rejected`
+    starts exactly those three runs and the two banners downstream of the heroes (counted at the emulator); the
+    page then shows the new, unreviewed attempts beside the rejected ones, whose files moved to history."""
+    emu = make_emulator()
+    pipeline = write_pipeline(tmp_path, 3, download=True)
+    env = cli_env(emu)
+    assert run_cli(pipeline, env).returncode == 0
+
+    proc, url = _review_process(pipeline, env)
+    try:
+        page = open_review(browser, url)
+        tiles = page.locator(".tile")
+        assert tiles.count() == 6
+        first, second = tiles.nth(0).get_attribute("data-identity"), tiles.nth(2).get_attribute("data-identity")
+        page.keyboard.press("r")
+        page.keyboard.type("wrong colour")
+        page.keyboard.press("Enter")
+        page.wait_for_selector(f'.tile.v-rejected[data-identity="{first}"]')
+        page.keyboard.press("j")
+        page.keyboard.press("r")
+        page.keyboard.press("Enter")
+        page.wait_for_selector(f'.tile.v-rejected[data-identity="{second}"]')
+        page.close()
+    finally:
+        proc.kill()  # SIGKILL: each verdict was committed when it was given
+        proc.communicate(timeout=30)
+    listed = json.loads(_cli(env, "review", str(pipeline), "--list", "--json").stdout)
+    assert {(e["row_key"], e["step"]) for e in listed if e["verdict"] == "rejected"} == {
+        ("S000", "hero"),
+        ("S001", "hero"),
+    }
+
+    gallery = tmp_path / "gallery.html"
+    assert _cli(env, "report", str(pipeline), "--format", "html", "-o", str(gallery)).returncode == 0
+    page = browser.new_page(viewport={"width": 1280, "height": 1600})
+    page.goto(gallery.as_uri())
+    boxes = page.locator(".vd")
+    assert boxes.count() == 6
+    assert boxes.nth(0).get_attribute("data-verdict") == "rejected"  # the page's verdicts are in the gallery
+    boxes.nth(5).locator(".vr").click()  # row 3's banner
+    with page.expect_download() as dl:
+        page.click("#export")
+    exported = tmp_path / "verdicts.json"
+    dl.value.save_as(str(exported))
+    page.close()
+    imported = _cli(env, "review", str(pipeline), "--import", str(exported))
+    assert imported.returncode == 0, imported.stderr
+    assert "1 verdicts recorded" in imported.stdout
+
+    plan = _cli(env, "plan", str(pipeline), "--redo", "rejected")
+    assert "would start 5 runs (0 new, 0 to retry, 5 to redo)" in plan.stdout
+    starts = emu.stats.starts
+    before = emu.stats.starts_by_inputs
+    redo = run_cli(pipeline, env, "--redo", "rejected")
+    assert redo.returncode == 0, redo.stderr
+    assert emu.stats.starts - starts == 5
+    started = emu.stats.starts_by_inputs - before
+    heroes = sorted(json.loads(k[1])["Prompt"] for k in started if k[0] == "app_7Hk2")
+    assert heroes == ["Studio photo of Item 0 in red", "Studio photo of Item 1 in blue"]
+    assert sorted(json.loads(k[1])["Headline"] for k in started if k[0] == "app_9Qx1") == ["Item 0", "Item 1", "Item 2"]
+    assert (tmp_path / "out" / "S000" / "history" / "hero.attempt-1.png").is_file()
+
+    proc, url = _review_process(pipeline, env)
+    try:
+        page = open_review(browser, url)
+        hero = page.locator(f'.tile[data-identity="{first}"]')
+        assert hero.get_attribute("data-verdict") == "unreviewed"  # the new attempt awaits review
+        captions = hero.locator(".atts figcaption").all_inner_texts()
+        assert captions == ["#2 · now", "#1 · rejected"]
+        old = hero.locator(".atts figure.a-rejected img")
+        until(lambda: old.evaluate("i => i.complete && i.naturalWidth > 0"))  # served from the history folder
+        assert page.errors == []
+        page.close()
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
