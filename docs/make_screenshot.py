@@ -3,7 +3,8 @@ built-in emulator in a temporary folder:
 
 - docs/gallery.png       the HTML gallery of examples/catalogue
 - docs/gallery-wide.png  the gallery of a Shopify-style 45-column product export (cards stay readable)
-- docs/review.png        the review page of examples/catalogue after a few verdicts given by keyboard
+- docs/review.png        the review page of examples/catalogue after a few verdicts given by keyboard and a
+                         `run --redo rejected`: the redone row shows its new attempts beside the rejected ones
 
 Usage: `.venv/bin/python docs/make_screenshot.py [OUT_DIR]` (default: docs/).
 """
@@ -23,6 +24,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the browser helpers and the wide row 
 
 from review_helpers import CHROMIUM, browser_skip_reason, launch_chromium, shopify_rows  # noqa: E402
 
+from lamina_batch.history import HistorySource  # noqa: E402
 from lamina_batch.manifest import Manifest  # noqa: E402
 from lamina_batch.reports import ReportInput, write_html  # noqa: E402
 from lamina_batch.reports.fields import template_columns  # noqa: E402
@@ -46,9 +48,9 @@ download:
 """
 
 
-def run_on_emulator(pipeline: Path) -> Path:
+def run_on_emulator(pipeline: Path, *flags: str) -> Path:
     """Run a pipeline on the in-process emulator; return its manifest (whatever the default name is)."""
-    cmd = [sys.executable, "-m", "lamina_batch", "run", str(pipeline), "--emulator", "--no-progress", "--quiet"]
+    cmd = [sys.executable, "-m", "lamina_batch", "run", str(pipeline), "--emulator", "--no-progress", "--quiet", *flags]
     subprocess.run(cmd, check=True, cwd=pipeline.parent, timeout=600)
     found = sorted(pipeline.parent.glob("*.sqlite"))
     if not found:
@@ -73,9 +75,13 @@ def gallery(pipeline_path: Path, manifest: Path, out: Path) -> Path:
     return out
 
 
-def shoot(browser: object, url: str, target: Path, *, height: int = 1000, review: bool = False) -> None:
+def shoot(
+    browser: object, url: str, target: Path, *, height: int = 1000, review: bool = False, wait: str | None = None
+) -> None:
     page = browser.new_page(viewport={"width": 1280, "height": height})  # type: ignore[attr-defined]
     page.goto(url)
+    if wait is not None:
+        page.wait_for_selector(wait)
     if review:
         page.wait_for_selector(".tile.focus")
         for key in ("a", "a", "r"):  # approve row 1's two images, then reject the next with a note
@@ -128,11 +134,18 @@ def main(argv: list[str]) -> int:
             shoot(browser, page.as_uri(), out_dir / "gallery.png")
             page = gallery(wide / "pipeline.yaml", wide_manifest, work / "wide.html")
             shoot(browser, page.as_uri(), out_dir / "gallery-wide.png", height=900)
-            source = review_source(load_pipeline(example / "pipeline.yaml"), manifest=manifest)
+            pipeline = load_pipeline(example / "pipeline.yaml")
+            history = HistorySource(manifest, pipeline.name)
+            source = review_source(pipeline, manifest=manifest, history=history)
             with ReviewThread(source) as server:
-                shoot(browser, server.url, out_dir / "review.png", height=1000, review=True)
+                shoot(browser, server.url, work / "verdicts.png", height=1000, review=True)
             with VerdictStore.open(manifest, writable=False) as store:
                 print(f"review: {len(store.latest())} verdicts saved by keyboard")
+            # a varied prompt, so the emulator draws a new image (the same inputs may give the same one)
+            take = "Prompt=Studio photo of the {{ row.name }} in {{ row.colour }}, take {{ attempt }}"
+            run_on_emulator(example / "pipeline.yaml", "--redo", "rejected", "--redo-set", take)
+            with ReviewThread(source) as server:
+                shoot(browser, server.url, out_dir / "review.png", height=1000, wait=".atts")
     return 0
 
 

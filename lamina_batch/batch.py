@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from .executor import ExecOptions, Executor
     from .manifest import Manifest
     from .matrix import InputDigest
-    from .models import PastAttempt
+    from .models import AppInfo, PastAttempt
     from .reports import ReportInput
     from .verdicts import Verdict
 
@@ -217,7 +217,7 @@ async def _execute(prepared: _Prepared, options: BatchOptions, target: ApiTarget
 
     pipeline = prepared.pipeline
     async with make_client(target, pipeline.api, pipeline) as client:
-        await _preflight(prepared, client, target)
+        apps = await _preflight(prepared, client, target)
         output_dir = prepared.output_dir
         with Manifest.open(pipeline.manifest, pipeline_name=pipeline.name, writer=True) as manifest:
             bind_manifest(manifest, target_origin(target, pipeline), lambda text: emit(Notice(text)))
@@ -227,7 +227,9 @@ async def _execute(prepared: _Prepared, options: BatchOptions, target: ApiTarget
                 if pipeline.download is not None
                 else None
             )
-            exec_options = dataclasses.replace(_exec_options(pipeline, options, prepared.shard), credit_prices=prices)
+            exec_options = dataclasses.replace(
+                _exec_options(pipeline, options, prepared.shard), credit_prices=prices, apps=apps
+            )
             executor = Executor(pipeline, manifest, client, exec_options, emit=emit, downloader=downloader)
             totals = {s.id: prepared.digest.totals.get(s.id, 0) for s in pipeline.steps}
             try:
@@ -257,17 +259,20 @@ async def _execute(prepared: _Prepared, options: BatchOptions, target: ApiTarget
     )
 
 
-async def _preflight(prepared: _Prepared, client: LaminaClient, target: ApiTarget) -> None:
-    """One GET per step's app: the key is accepted, every app exists and takes the rendered inputs."""
+async def _preflight(prepared: _Prepared, client: LaminaClient, target: ApiTarget) -> dict[str, AppInfo]:
+    """One GET per step's app: the key is accepted, every app exists and takes the rendered inputs. Returns the
+    apps (a redo's varied inputs resolve against them)."""
     from .matrix import expand_runs
     from .preflight import check_apps
 
     pipeline = prepared.pipeline
     runs = expand_runs(pipeline, shard=prepared.shard)
+    apps: dict[str, AppInfo] = {}
     with unreachable_as_config(target.base_url):
-        problems = await check_apps(pipeline, client, runs, digest=prepared.digest)
+        problems = await check_apps(pipeline, client, runs, digest=prepared.digest, apps_seen=apps)
     if problems:
         raise ConfigError(problems)
+    return apps
 
 
 async def _check_credits(

@@ -151,14 +151,18 @@ async def check_apps(
     *,
     max_problems: int = MAX_PROBLEMS,
     digest: InputDigest | None = None,
+    apps_seen: dict[str, AppInfo] | None = None,
 ) -> list[Problem]:
     """Every problem the live apps find with the planned runs (empty: all fits).
 
     Costs one get_app per distinct app. A missing app is a Problem; any other API failure (a rejected key,
     an outage) propagates, since the answer would be meaningless. With `digest` (from validate_pipeline over
     the same runs), `runs` is iterated only for inputs the app constrains whose bad values the digest did not
-    keep every row of (so a collapsed problem can name all its rows)."""
+    keep every row of (so a collapsed problem can name all its rows). `apps_seen` receives the apps fetched
+    (app id -> AppInfo), for a caller that needs them later (a redo's varied inputs resolve against them)."""
     apps = await _fetch_apps(pipeline, client)
+    if apps_seen is not None:
+        apps_seen.update({app_id: app for app_id, app in apps.items() if app is not None})
     sink = _Collector(max_problems)
     file = display_path(pipeline.path)
     values = _ValueProblems()

@@ -203,3 +203,18 @@ def test_a_redo_killed_after_its_start_was_sent_is_adopted_not_paid_twice(
     assert [after[("S002", s)].attempts for s in ("hero", "banner")] == [2, 2]
     hero_starts = {k: n for k, n in emu.stats.starts_by_inputs.items() if k[0] == "app_7Hk2" and "Item 2" in k[1]}
     assert list(hero_starts.values()) == [2]  # attempt 1 and the one redo, adopted after the kill
+
+
+def test_max_starts_bounds_a_redo(done: tuple[Path, Emulator, dict[str, str]]) -> None:
+    """A redo is a start like any other: --max-starts 1 makes one and stops resumable (exit 3); the next
+    `run --redo rejected` makes the rest."""
+    pipeline, emu, env = done
+    starts = emu.stats.starts
+    assert cli(env, "review", str(pipeline), "--reject", "S000:hero").returncode == 0
+    assert cli(env, "review", str(pipeline), "--reject", "S001:hero").returncode == 0
+    first = run_cli(pipeline, env, "--redo", "rejected", "--max-starts", "1")
+    assert first.returncode == 3, first.stderr
+    assert emu.stats.starts - starts == 1
+    rest = run_cli(pipeline, env, "--redo", "rejected")
+    assert rest.returncode == 0, rest.stderr
+    assert emu.stats.starts - starts == 4

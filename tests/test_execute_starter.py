@@ -12,9 +12,9 @@ from executor_fakes import FakeClient, FakeClock, execute, open_manifest, rows, 
 from lamina_batch.events import StopReason
 from lamina_batch.execute.context import Guards
 from lamina_batch.execute.scope import StopScope
-from lamina_batch.execute.starter import StartLedger
+from lamina_batch.execute.starter import StartLedger, apply_vary
 from lamina_batch.manifest import Manifest
-from lamina_batch.models import RunSettings, RunState
+from lamina_batch.models import AppInfo, AppParameter, RunSettings, RunState
 
 
 @pytest.fixture
@@ -117,3 +117,25 @@ def test_ledger_without_max_starts_never_refuses() -> None:
         ledger.reserve().confirm()
     assert ledger.may_start()
     assert guards.reason is None
+
+
+def test_varied_inputs_resolve_against_the_app_and_skip_what_it_lacks() -> None:
+    """A `review.vary` / `--redo-set` entry replaces the input setting the same parameter (by key, name or id,
+    under the input's spelling), is added when the app has that parameter but the step does not set it, and is
+    left out for an app without it; without the app, only a same-named input is replaced."""
+    app = AppInfo(
+        "app_1",
+        "One",
+        None,
+        (
+            AppParameter("id-prompt", "Prompt", "text", key="prompt"),
+            AppParameter("id-seed", "Seed", "number", key="seed", default=0, has_default=True),
+        ),
+        (),
+    )
+    inputs = {"Prompt": "a mug"}
+    assert apply_vary(inputs, {"prompt": "a mug, take 2", "Seed": "2", "Headline": "x"}, app) == {
+        "Prompt": "a mug, take 2",
+        "Seed": "2",
+    }
+    assert apply_vary(inputs, {"PROMPT": "b", "Seed": "2"}) == {"Prompt": "b"}

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from lamina_batch.errors import ApiError
 from lamina_batch.events import Event, Notice, RunAdopted, RunFinished, Stopping, StopReason
 from lamina_batch.lifecycle import Choices
-from lamina_batch.models import PlannedRun, RunSettings, RunState
+from lamina_batch.models import AppInfo, PlannedRun, RunSettings, RunState
 
 from .scope import StopScope
 
@@ -52,6 +52,8 @@ class ExecOptions:
     rejected: Mapping[str, int] = field(default_factory=dict)
     # `--redo-set NAME=TEMPLATE`: inputs varied from attempt 2 on, beside (and over) the spec's `review.vary`
     redo_set: Mapping[str, str] = field(default_factory=dict)
+    # the apps the preflight fetched (app id -> AppInfo): varied inputs resolve against their parameters
+    apps: Mapping[str, AppInfo] = field(default_factory=dict)
 
     @property
     def choices(self) -> Choices:

@@ -24,8 +24,8 @@ from lamina_batch.events import RunStarted, StopReason
 from lamina_batch.lifecycle import TEMPLATE_ERROR
 from lamina_batch.manifest import Durability
 from lamina_batch.matrix import render_inputs, render_vary
-from lamina_batch.models import DownloadRecord, PlannedRun, RemoteRun, RunOutput, RunRecord, RunState
-from lamina_batch.params import normalise
+from lamina_batch.models import AppInfo, DownloadRecord, PlannedRun, RemoteRun, RunOutput, RunRecord, RunState
+from lamina_batch.params import ParameterIndex, normalise, override_inputs
 from lamina_batch.retry import Backoff
 
 from .budget import CreditBudget
@@ -55,13 +55,19 @@ class Redo:
         self.archive = archive
 
 
-def apply_vary(inputs: Mapping[str, Any], vary: Mapping[str, Any]) -> dict[str, Any]:
-    """`inputs` with each varied value replacing the input of the same name (case, spaces and punctuation
-    aside), else added under its own name."""
+def apply_vary(inputs: Mapping[str, Any], vary: Mapping[str, Any], app: AppInfo | None = None) -> dict[str, Any]:
+    """`inputs` with the varied values applied. With the app known, an entry resolves like an input (key, name or
+    id): it replaces the input setting that parameter, or is added; an entry naming no parameter of this app is
+    left out (a pipeline's steps run different apps). Without it, an entry replaces the input of the same name
+    (case, spaces and punctuation aside) and is otherwise left out."""
+    if app is not None:
+        index = ParameterIndex(app)
+        return override_inputs(index, inputs, {n: v for n, v in vary.items() if index.resolve(n) is not None})
     out = dict(inputs)
     spelled = {normalise(name): name for name in inputs}
     for name, value in vary.items():
-        out[spelled.get(normalise(name), name)] = value
+        if normalise(name) in spelled:
+            out[spelled[normalise(name)]] = value
     return out
 
 
@@ -242,7 +248,7 @@ class Starter:
         attempt = (current.attempts if current is not None else 0) + 1
         inputs = render_inputs(pipeline, run, upstream, attempt=attempt)
         vary = render_vary(pipeline, run, upstream, attempt=attempt, overrides=self._ctx.options.redo_set)
-        return apply_vary(inputs, vary) if vary else inputs
+        return apply_vary(inputs, vary, self._ctx.options.apps.get(run.app_id)) if vary else inputs
 
     def _not_created(self, run: PlannedRun, e: ApiError) -> Outcome | TryAgain:
         """A start answered or failed in a way that created nothing: try again later, stop, or fail the run."""
