@@ -24,7 +24,6 @@ sys.path.insert(0, str(ROOT / "tests"))  # the browser helpers and the wide row 
 
 from review_helpers import CHROMIUM, browser_skip_reason, launch_chromium, shopify_rows  # noqa: E402
 
-from lamina_batch.history import HistorySource  # noqa: E402
 from lamina_batch.manifest import Manifest  # noqa: E402
 from lamina_batch.reports import ReportInput, write_html  # noqa: E402
 from lamina_batch.reports.fields import template_columns  # noqa: E402
@@ -135,8 +134,7 @@ def main(argv: list[str]) -> int:
             page = gallery(wide / "pipeline.yaml", wide_manifest, work / "wide.html")
             shoot(browser, page.as_uri(), out_dir / "gallery-wide.png", height=900)
             pipeline = load_pipeline(example / "pipeline.yaml")
-            history = HistorySource(manifest, pipeline.name)
-            source = review_source(pipeline, manifest=manifest, history=history)
+            source = review_source(pipeline, manifest=manifest)
             with ReviewThread(source) as server:
                 shoot(browser, server.url, work / "verdicts.png", height=1000, review=True)
             with VerdictStore.open(manifest, writable=False) as store:

@@ -88,15 +88,10 @@ def _import(pipeline: Pipeline, source: Path, out: Out) -> int:
 
 
 def _serve(pipeline: Pipeline, args: argparse.Namespace, out: Out) -> int:
-    from lamina_batch.history import HistorySource
     from lamina_batch.review import check_bind_host, review_source, serve_review
 
     check_bind_host(args.host, args.allow_remote)
-    source = review_source(
-        pipeline,
-        columns=pipeline.report.columns,
-        history=HistorySource(pipeline.manifest, pipeline.name),
-    )
+    source = review_source(pipeline, columns=pipeline.report.columns)
 
     def ready(url: str) -> None:
         out.result(url)

@@ -58,8 +58,13 @@ def review_source(
     folder the run really wrote to), `columns` (the spec's `report.columns`) and the columns its templates use."""
     if output_dir is None:
         output_dir = pipeline.download.base_dir if pipeline.download is not None else pipeline.path.parent
+    manifest = Path(manifest) if manifest is not None else pipeline.manifest
+    if history is None:  # the manifest's own earlier attempts (kept on a redo or a retry)
+        from lamina_batch.history import HistorySource
+
+        history = HistorySource(manifest, pipeline.name)
     return ReviewSource(
-        manifest=Path(manifest) if manifest is not None else pipeline.manifest,
+        manifest=manifest,
         pipeline_name=pipeline.name,
         step_ids=tuple(s.id for s in pipeline.steps),
         output_dir=Path(output_dir),
