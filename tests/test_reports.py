@@ -649,3 +649,7 @@ def test_every_report_carries_the_verdict_of_the_current_attempt(tmp_path: Path)
         (None, None),
     ]
     assert "Review: 1 approved, 1 rejected, 1 unreviewed." in render_markdown(data)
+    write_junit(data, tmp_path / "r.xml")
+    cases = ET.parse(tmp_path / "r.xml").getroot().iter("testcase")  # noqa: S314 (our own file)
+    props = [{p.get("name"): p.get("value") for p in c.iter("property")} for c in cases]
+    assert props == [{"verdict": "approved"}, {"verdict": "rejected", "verdict_note": "too red"}, {}]

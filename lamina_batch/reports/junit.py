@@ -16,7 +16,8 @@ from typing import IO
 
 from lamina_batch.atomic import atomic_text_writer
 from lamina_batch.models import RunRecord, RunState
-from lamina_batch.reports.common import ReportInput, error_text, item_label
+from lamina_batch.reports.common import ReportInput, error_text, item_label, verdict_of
+from lamina_batch.verdicts import Verdict
 
 # XML 1.0 cannot carry most control characters at all, not even escaped; ElementTree would write them anyway.
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
@@ -42,8 +43,9 @@ class _Suite:
     time: float = 0.0
 
 
-def testcase(pipeline_name: str, rec: RunRecord) -> ET.Element:
-    """One run as a `<testcase>`: failure for failed/timed out/cancelled, error for unknown, skipped if unfinished."""
+def testcase(pipeline_name: str, rec: RunRecord, verdict: Verdict | None) -> ET.Element:
+    """One run as a `<testcase>`: failure for failed/timed out/cancelled, error for unknown, skipped if unfinished;
+    a review verdict on its current attempt as a `verdict` property (and its note as `verdict_note`)."""
     case = ET.Element(
         "testcase",
         {
@@ -75,6 +77,11 @@ def testcase(pipeline_name: str, rec: RunRecord) -> ET.Element:
         el.text = xml_safe(detail)
     elif not rec.state.finished:
         ET.SubElement(case, "skipped", {"message": f"not finished: {rec.state.value}"})
+    if verdict is not None:
+        props = ET.SubElement(case, "properties")
+        ET.SubElement(props, "property", {"name": "verdict", "value": verdict.verdict})
+        if verdict.note:
+            ET.SubElement(props, "property", {"name": "verdict_note", "value": xml_safe(verdict.note)})
     return case
 
 
@@ -120,7 +127,8 @@ def write_junit(data: ReportInput, out: Path) -> None:
             elif not rec.state.finished:
                 suite.skipped += 1
             suite.body.write("  ")
-            suite.body.write(ET.tostring(testcase(data.pipeline_name, rec), encoding="unicode"))
+            case = testcase(data.pipeline_name, rec, verdict_of(data, rec))
+            suite.body.write(ET.tostring(case, encoding="unicode"))
             suite.body.write("\n")
 
         with atomic_text_writer(out, newline="\n") as fh:
