@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lamina_batch.cli.common import EXIT_OK, Out, UsageError
-from lamina_batch.cli.parser import Commands
+from lamina_batch.cli.parser import Commands, add_emulator_flag
 
 if TYPE_CHECKING:
     from lamina_batch.models import Pipeline
@@ -22,6 +22,10 @@ def register(commands: Commands) -> None:
         "review", "a local web page to approve or reject every image (or the scripted forms)", cmd_review, pipeline=True
     )
     r.add_argument("--manifest", type=Path, help="manifest file (default: from the spec, else beside it)")
+    add_emulator_flag(r, manifest_only=True)
+    r.add_argument(
+        "--output-dir", type=Path, metavar="DIR", help="where the images are (default: the folder the run wrote to)"
+    )
     r.add_argument("--host", default="127.0.0.1", help="where the page is served (loopback unless --allow-remote)")
     r.add_argument("--port", type=int, default=0, help="0 picks a free port")
     r.add_argument("--open", action="store_true", help="open the page in the default browser")
@@ -38,7 +42,7 @@ def register(commands: Commands) -> None:
 def cmd_review(args: argparse.Namespace, out: Out) -> int:
     from lamina_batch.options import BatchOptions, load_for
 
-    pipeline = load_for(args.pipeline, BatchOptions(manifest=args.manifest))
+    pipeline = load_for(args.pipeline, BatchOptions(manifest=args.manifest, emulator=args.emulator))
     if args.note is not None and args.approve is None and args.reject is None:
         raise UsageError("--note goes with --approve or --reject")
     if args.json and not args.list:
@@ -91,7 +95,8 @@ def _serve(pipeline: Pipeline, args: argparse.Namespace, out: Out) -> int:
     from lamina_batch.review import check_bind_host, review_source, serve_review
 
     check_bind_host(args.host, args.allow_remote)
-    source = review_source(pipeline, columns=pipeline.report.columns)
+    output_dir = args.output_dir.resolve() if args.output_dir is not None else _recorded_folder(pipeline)
+    source = review_source(pipeline, output_dir=output_dir, columns=pipeline.report.columns)
 
     def ready(url: str) -> None:
         out.result(url)
@@ -104,3 +109,14 @@ def _serve(pipeline: Pipeline, args: argparse.Namespace, out: Out) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         serve_review(source, host=args.host, port=args.port, allow_remote=args.allow_remote, on_ready=ready)
     return EXIT_OK
+
+
+def _recorded_folder(pipeline: Pipeline) -> Path | None:
+    """The folder the run wrote its files to, as the manifest recorded it (None: the spec's own folder)."""
+    from lamina_batch.manifest import Manifest
+    from lamina_batch.operations import recorded_folder
+
+    if not pipeline.manifest.exists():
+        return None
+    with Manifest.open(pipeline.manifest, pipeline_name=pipeline.name, writer=False) as manifest:
+        return recorded_folder(manifest)
