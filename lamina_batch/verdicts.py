@@ -154,10 +154,10 @@ class VerdictStore:
                     str(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
                 )
             else:
-                target = f"{path.resolve().as_uri()}?mode=ro"
-                conn = sqlite3.connect(
-                    target, uri=True, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
-                )
+                # the manifest's own read-only open: falls back to immutable on read-only media, as status does
+                from lamina_batch.manifest.files import read_only
+
+                conn = read_only(path)[0]
         except sqlite3.Error as e:
             raise ManifestError(f"{path}: cannot open the manifest ({e})") from e
         try:

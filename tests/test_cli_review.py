@@ -218,3 +218,39 @@ def test_max_starts_bounds_a_redo(done: tuple[Path, Emulator, dict[str, str]]) -
     rest = run_cli(pipeline, env, "--redo", "rejected")
     assert rest.returncode == 0, rest.stderr
     assert emu.stats.starts - starts == 4
+
+
+def test_served_images_come_from_the_folder_the_run_wrote_to(
+    tmp_path: Path, make_emulator: Callable[..., Emulator]
+) -> None:
+    """After `run --output-dir ELSEWHERE`, `review` (no flag) serves the images from ELSEWHERE, as the manifest
+    recorded it; `review --output-dir` overrides that folder."""
+    emu = make_emulator()
+    (tmp_path / "p").mkdir()
+    pipeline = write_pipeline(tmp_path / "p", 2, download=True)
+    env = cli_env(emu)
+    elsewhere = tmp_path / "elsewhere"
+    r = run_cli(pipeline, env, "--output-dir", str(elsewhere))
+    assert r.returncode == 0, r.stderr
+    assert not (pipeline.parent / "out").exists()
+
+    def first_image(*flags: str) -> int:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lamina_batch", "review", str(pipeline), *flags],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().strip().rstrip("/")
+            items = httpx.get(url + "/api/items", timeout=10).json()["items"]
+            src = items[0]["runs"][0]["images"][0]["src"]
+            return httpx.get(url + src, timeout=10).status_code
+        finally:
+            proc.kill()
+            proc.communicate(timeout=30)
+
+    assert first_image() == 200
+    assert first_image("--output-dir", str(tmp_path / "nowhere")) == 404

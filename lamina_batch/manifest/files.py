@@ -12,7 +12,7 @@ from lamina_batch.errors import ManifestError
 from .lock import WRITER_META_KEY, WriterLock, acquire_lock
 from .schema import SCHEMA_VERSION, apply_migrations, check_header, not_a_manifest, read_header
 
-__all__ = ["acquire_lock", "connect", "empty_connection", "fsync_dir", "open_reader", "open_writer"]
+__all__ = ["acquire_lock", "connect", "empty_connection", "fsync_dir", "open_reader", "open_writer", "read_only"]
 
 BUSY_TIMEOUT_MS = 5000
 # quick_check reads every page; past this size it would make `run` slow to start, so it is skipped.
@@ -85,7 +85,7 @@ def open_reader(
         if not create:
             raise ManifestError(f"no manifest at {path} yet; run the pipeline first")
         return None
-    conn, version, name = _read_only(path)
+    conn, version, name = read_only(path)
     try:
         try:
             check_header(path, version, name, pipeline_name)
@@ -109,7 +109,7 @@ def open_reader(
     return conn, name, version
 
 
-def _read_only(path: Path) -> tuple[sqlite3.Connection, int, str | None]:
+def read_only(path: Path) -> tuple[sqlite3.Connection, int, str | None]:
     """(connection, schema version, pipeline name) of a read-only connection. A WAL manifest on read-only media
     cannot get its `-shm`: with no write-ahead log waiting beside it, the file is opened immutable instead (no
     locks, no shared memory), which is exact when nothing can write it; with one, say what to do."""
