@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .matrix import InputDigest
     from .models import AppInfo, PastAttempt
     from .reports import ReportInput
+    from .selection import Selection
     from .verdicts import Verdict
 
 __all__ = ["BatchOptions", "BatchResult", "EventHandler", "run_batch", "run_batch_async", "write_reports"]
@@ -57,6 +58,7 @@ class BatchResult:
     fatal_error: ApiError | None = None
     message: str | None = None  # why a guard stopped it, in words
     reports: tuple[tuple[str, Path], ...] = ()  # (format, path) written at the end
+    subset: str | None = None  # with --rows/--limit: what was picked, e.g. "5 of 600 items"
 
     @property
     def total(self) -> int:
@@ -190,23 +192,28 @@ class _Prepared:
     digest: InputDigest
     shard: tuple[int, int] | None
     output_dir: Path  # downloads, and what reports resolve file links against
+    selection: Selection | None = None  # --rows / --limit
+    subset: str | None = None  # "5 of 600 items" when a selection is set
 
 
 def _prepare(source: PipelineSource, options: BatchOptions) -> _Prepared:
     """Every local check, without a request: the options, the spec, every row, every template of every run."""
     from .matrix import InputDigest, validate_pipeline
+    from .selection import subset_text
 
     pipeline = prepare_pipeline(source, options)
     shard = options.shard_pair
+    selection = options.selection
     digest = InputDigest()
-    summary = validate_pipeline(pipeline, digest=digest, shard=shard)
+    summary = validate_pipeline(pipeline, digest=digest, shard=shard, selection=selection)
     if summary.warnings and not options.allow_empty:
         # a batch with nothing in it is never a silent success in CI (a subset or shard that is empty is fine)
         raise ConfigError(
             [dataclasses.replace(w, hint="or pass allow_empty (--allow-empty)") for w in summary.warnings]
         )
     output_dir = output_dir_for(pipeline, options)
-    return _Prepared(pipeline, digest, shard, output_dir)
+    subset = subset_text(summary.selected_items, summary.items) if selection is not None else None
+    return _Prepared(pipeline, digest, shard, output_dir, selection, subset)
 
 
 async def _execute(prepared: _Prepared, options: BatchOptions, target: ApiTarget, emit: EventHandler) -> BatchResult:
@@ -228,7 +235,7 @@ async def _execute(prepared: _Prepared, options: BatchOptions, target: ApiTarget
                 else None
             )
             exec_options = dataclasses.replace(
-                _exec_options(pipeline, options, prepared.shard), credit_prices=prices, apps=apps
+                _exec_options(pipeline, options, prepared.shard, prepared.selection), credit_prices=prices, apps=apps
             )
             executor = Executor(pipeline, manifest, client, exec_options, emit=emit, downloader=downloader)
             totals = {s.id: prepared.digest.totals.get(s.id, 0) for s in pipeline.steps}
@@ -256,6 +263,7 @@ async def _execute(prepared: _Prepared, options: BatchOptions, target: ApiTarget
         fatal_error=result.fatal_error,
         message=result.message,
         reports=reports,
+        subset=prepared.subset,
     )
 
 
@@ -266,7 +274,7 @@ async def _preflight(prepared: _Prepared, client: LaminaClient, target: ApiTarge
     from .preflight import check_apps
 
     pipeline = prepared.pipeline
-    runs = expand_runs(pipeline, shard=prepared.shard)
+    runs = expand_runs(pipeline, shard=prepared.shard, selection=prepared.selection)
     apps: dict[str, AppInfo] = {}
     with unreachable_as_config(target.base_url):
         problems = await check_apps(pipeline, client, runs, digest=prepared.digest, apps_seen=apps)
@@ -334,6 +342,7 @@ async def _check_credits(
             max_starts=pipeline.run.max_starts,
             redo_rejected=options.redo_rejected,
             rejected=_rejected(pipeline) if options.redo_rejected else None,
+            selection=prepared.selection,
         )
         bill = bill_of(pipeline, starts, estimates)
         expected = bill.expected or 0.0
@@ -358,7 +367,9 @@ def _span(span: tuple[float, float] | None) -> str:
     return "" if span is None or span[0] == span[1] else f" (range {format_credits(span[0])}-{format_credits(span[1])})"
 
 
-def _exec_options(pipeline: Pipeline, options: BatchOptions, shard: tuple[int, int] | None) -> ExecOptions:
+def _exec_options(
+    pipeline: Pipeline, options: BatchOptions, shard: tuple[int, int] | None, selection: Selection | None = None
+) -> ExecOptions:
     from .executor import ExecOptions
 
     webhook = pipeline.run.webhook
@@ -372,6 +383,7 @@ def _exec_options(pipeline: Pipeline, options: BatchOptions, shard: tuple[int, i
         redo_rejected=redo,
         rejected=_rejected(pipeline) if redo else {},
         redo_set=options.redo_templates,
+        selection=selection,
     )
 
 

@@ -36,7 +36,8 @@ def validate(
     loaded = load_for(pipeline, options)
     shard = options.shard_pair
     digest = InputDigest() if check_apps else None
-    summary = validate_pipeline(loaded, digest=digest, shard=shard)
+    selection = options.selection
+    summary = validate_pipeline(loaded, digest=digest, shard=shard, selection=selection)
     if digest is not None:
         _check_apps(loaded, digest, options, shard)
     return summary
@@ -75,6 +76,7 @@ def plan(
             max_starts=max_starts,
             redo_rejected=options.redo_rejected,
             rejected=_rejected(loaded) if options.redo_rejected else None,
+            selection=options.selection,
         )
     except ConfigError as e:
         raise _all_problems(loaded, e) from None
@@ -219,8 +221,9 @@ def _check_apps(pipeline: Pipeline, digest: InputDigest, options: BatchOptions, 
 
         async def go() -> list[Problem]:
             async with make_client(target, pipeline.api, pipeline) as client:
+                runs = expand_runs(pipeline, shard=shard, selection=options.selection)
                 with unreachable_as_config(target.base_url):
-                    return await check_apps(pipeline, client, expand_runs(pipeline, shard=shard), digest=digest)
+                    return await check_apps(pipeline, client, runs, digest=digest)
 
         problems = run_sync("validate", go)
     if problems:

@@ -16,6 +16,7 @@ from .models import FailureLimit, Pipeline, Rate
 
 if TYPE_CHECKING:
     from .models import WebhookSettings
+    from .selection import Selection
 
 __all__ = [
     "BatchOptions",
@@ -96,6 +97,27 @@ class BatchOptions:
         """`redo_set` as name -> template, each checked to compile; OptionError naming the bad one."""
         return redo_templates(self.redo_set)
 
+    # a subset for a smoke run (`--rows 1-5,42`, `--limit N`): same identities as the full batch
+    rows: str | None = None  # data-row numbers and ranges
+    limit: int | None = None  # at most the first N items after `where` (and `rows`)
+
+    @property
+    def selection(self) -> Selection | None:
+        """`rows`/`limit` as a Selection (None: the whole batch); OptionError naming the flag if malformed."""
+        if self.rows is None and self.limit is None:
+            return None
+        from .selection import Selection
+
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)):
+            raise OptionError("{0} " + _literal(repr(self.limit)) + " must be a whole number", "limit")
+        try:
+            return Selection.parse(self.rows, self.limit)
+        except ConfigError as e:
+            problem = e.problems[0]
+            name = "limit" if problem.path == "--limit" else "rows"
+            reason = problem.message + (f" ({problem.hint})" if problem.hint else "")
+            raise OptionError("{0}: " + _literal(reason), name) from None
+
     @property
     def shard_pair(self) -> tuple[int, int] | None:
         """`shard` as (i, n), checked; OptionError if malformed."""
@@ -109,6 +131,7 @@ def prepare_pipeline(source: PipelineSource, options: BatchOptions) -> Pipeline:
     _check_reports(options.reports)
     download_timeout(options)
     _ = options.redo_rejected, options.redo_templates  # refused before any row is read
+    _ = options.selection  # a bad --rows/--limit is refused before any row is read
     return pipeline
 
 

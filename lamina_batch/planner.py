@@ -18,6 +18,7 @@ from .lifecycle import COMPLETE, Action, Choices, Decision, Upstream, decide, re
 from .matrix import expand_runs
 from .models import DOWNLOAD_FAILED, ItemPlan, PlannedRun, RunRecord, RunState
 from .params import normalise, respelled_inputs
+from .selection import Selection, Tally, subset_text
 
 if TYPE_CHECKING:
     from .client import LaminaClient
@@ -170,6 +171,7 @@ class PlanReport:
     has_manifest: bool = False
     starts: Mapping[str, int] = field(default_factory=dict)  # runs_to_start: per step, within max_starts
     bill: Bill | None = None  # what those starts cost (credits.bill_of), when asked for
+    subset: str | None = None  # with --rows/--limit: "5 of 600 items"
 
     def total(self, category: str) -> int:
         return sum(c.get(category, 0) for c in self.steps.values())
@@ -197,11 +199,13 @@ class PlanReport:
             "orphans": [o.to_json() for o in self.orphans],
             "starts": dict(self.starts),
             "credits": None if self.bill is None else self.bill.to_json(),
+            "subset": self.subset,
         }
 
     def render_text(self) -> str:
         shard = f" (shard {self.shard[0]}/{self.shard[1]})" if self.shard else ""
-        lines = [f"{self.pipeline_name}: {self.planned} runs planned{shard}"]
+        subset = f" (a subset: {self.subset})" if self.subset else ""
+        lines = [f"{self.pipeline_name}: {self.planned} runs planned{shard}{subset}"]
         headers: tuple[str, ...] = ("step", "new", "reused", "running", "retry", "unknown", "failed", "waiting")
         headers += ("orphaned",)
         shown: tuple[str, ...] = CATEGORIES[:-1]
@@ -278,11 +282,17 @@ def _planned_runs(pipeline: Pipeline, shard: tuple[int, int] | None) -> Iterator
         yield from plan.runs
 
 
-def _item_batches(pipeline: Pipeline, shard: tuple[int, int] | None, size: int) -> Iterator[list[ItemPlan]]:
+def _item_batches(
+    pipeline: Pipeline,
+    shard: tuple[int, int] | None,
+    size: int,
+    selection: Selection | None = None,
+    tally: Tally | None = None,
+) -> Iterator[list[ItemPlan]]:
     """Whole items (a run's upstream is in its own item) in batches of about `size` runs."""
     batch: list[ItemPlan] = []
     runs = 0
-    for plan in expand_runs(pipeline, shard=shard):
+    for plan in expand_runs(pipeline, shard=shard, selection=selection, tally=tally):
         batch.append(plan)
         runs += len(plan.runs)
         if runs >= size:
@@ -322,6 +332,7 @@ def plan_against_manifest(
     max_starts: int | None = None,
     redo_rejected: bool = False,
     rejected: Mapping[str, int] | None = None,
+    selection: Selection | None = None,
 ) -> PlanReport:
     """What `run` would do now, without a request: streamed over the plan; entries only when `details`; `starts`
     per step within `max_starts`. With `redo_rejected`, completed runs whose current attempt is in `rejected`
@@ -333,7 +344,8 @@ def plan_against_manifest(
     planned: set[str] = set()
     previous = _previous_slots(manifest)
     starts = StartCount(max_starts)
-    for run, known, decision in _decided(pipeline, manifest, choices, shard, rejected):
+    tally = Tally()
+    for run, known, decision in _decided(pipeline, manifest, choices, shard, rejected, selection, tally):
         planned.add(run.identity)
         category = category_of(decision.action)
         reason = _why_new(run, previous) if known is None and decision.action is Action.START else decision.reason
@@ -343,6 +355,9 @@ def plan_against_manifest(
             reasons[reason] += 1
         if details:
             entries.append(_entry(run, known, category, reason, decision.action))
+    if selection is not None and manifest is not None:
+        # runs of the rows a subset leaves out are not orphans: the full batch still plans them
+        planned.update(r.identity for plan in expand_runs(pipeline, shard=shard) for r in plan.runs)
     orphans = _orphans(manifest, planned, steps, details=details)
     return PlanReport(
         pipeline_name=pipeline.name,
@@ -353,6 +368,7 @@ def plan_against_manifest(
         shard=shard,
         has_manifest=manifest is not None,
         starts=dict(starts.by_step),
+        subset=None if selection is None else subset_text(tally.selected_items, tally.items),
     )
 
 
@@ -366,11 +382,15 @@ def starts_planned(
     max_starts: int | None = None,
     redo_rejected: bool = False,
     rejected: Mapping[str, int] | None = None,
+    selection: Selection | None = None,
 ) -> dict[str, int]:
     """Per step, the runs `run` would start now (`runs_to_start` over every planned run's decision, redos
-    included): what `run` checks against the balance before its first start. Sends nothing."""
+    included, within the `--rows/--limit` subset): what `run` checks against the balance before its first start.
+    Sends nothing."""
     choices = Choices(retry_failed=retry_failed, restart_unknown=restart_unknown, redo_rejected=redo_rejected)
-    decided = ((run.step_id, d.action) for run, _, d in _decided(pipeline, manifest, choices, shard, rejected))
+    decided = (
+        (run.step_id, d.action) for run, _, d in _decided(pipeline, manifest, choices, shard, rejected, selection)
+    )
     return runs_to_start(decided, max_starts=max_starts)
 
 
@@ -380,13 +400,15 @@ def _decided(
     choices: Choices,
     shard: tuple[int, int] | None,
     rejected: Mapping[str, int] | None = None,
+    selection: Selection | None = None,
+    tally: Tally | None = None,
 ) -> Iterator[tuple[PlannedRun, RunRecord | None, Decision]]:
     """Every planned run in plan order with its manifest record and `decide`'s decision, as `plan` expects it:
     a run it would start or follow is expected to complete for its downstream runs. Under `--redo rejected`
     (`choices.redo_rejected`), a completed run is redone when its current attempt is in `rejected` or an upstream
     run of its item would be at a newer attempt than the one it consumed."""
     rejected = rejected or {}
-    for batch in _item_batches(pipeline, shard, _BATCH):
+    for batch in _item_batches(pipeline, shard, _BATCH, selection, tally):
         ids = (r.identity for plan in batch for r in plan.runs)
         found = manifest.get_many(ids) if manifest is not None else {}
         for plan in batch:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from lamina_batch.errors import ConfigError, Problem
 
-__all__ = ["Picker", "Selection", "Tally", "parse_rows"]
+__all__ = ["Picker", "Selection", "Tally", "parse_rows", "subset_text"]
 
 _RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 
@@ -99,3 +99,8 @@ class Picker:
             return False
         self.taken += 1
         return True
+
+
+def subset_text(selected: int, items: int) -> str:
+    """`5 of 600 items`: what a --rows/--limit subset picked of the whole batch, for a summary line."""
+    return f"{selected} of {items} item{'s' if items != 1 else ''}"

@@ -161,6 +161,26 @@ def shard_flag(text: str) -> tuple[int, int]:
     return i, n
 
 
+def rows_flag(text: str) -> str:
+    """`--rows 1-5,42`: checked here so a bad list exits 2 before anything is read."""
+    from lamina_batch.errors import ConfigError
+    from lamina_batch.selection import parse_rows
+
+    try:
+        parse_rows(text)
+    except ConfigError as e:
+        problem = e.problems[0]
+        hint = f" ({problem.hint})" if problem.hint else ""
+        raise argparse.ArgumentTypeError(problem.message + hint) from None
+    return text
+
+
+def add_subset_flags(parser: argparse.ArgumentParser) -> None:
+    """`--rows` and `--limit` on run/plan/validate: a subset with the same run identities as the full batch."""
+    parser.add_argument("--rows", type=rows_flag, metavar="1-5,42", help="only these data rows (1-based)")
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="only the first N items after `where`")
+
+
 def report_flag(text: str) -> tuple[str, Path]:
     fmt, sep, path = text.partition("=")
     if not sep or not path:

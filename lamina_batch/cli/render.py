@@ -152,7 +152,11 @@ def run_line(result: BatchResult) -> str:
     parts = [f"{v} {k}" for k, v in sorted(counts.items())]
     if result.not_started:
         parts.append(f"{result.not_started} not started")
-    line = f"{result.pipeline_name}: {total} runs: {', '.join(parts) or 'nothing to do'}; {result.starts} started now"
+    subset = f" (a subset: {result.subset})" if result.subset else ""
+    line = (
+        f"{result.pipeline_name}: {total} runs{subset}: {', '.join(parts) or 'nothing to do'}; "
+        f"{result.starts} started now"
+    )
     if result.download_failures:
         line += f"; {result.download_failures} downloads failed"
     return line

@@ -26,6 +26,7 @@ from lamina_batch.cli.parser import (
     Commands,
     add_emulator_flag,
     add_redo_flags,
+    add_subset_flags,
     duration_flag,
     listen_flag,
     positive_int,
@@ -54,6 +55,7 @@ def register(commands: Commands) -> None:
     r.add_argument("--max-starts", type=positive_int, metavar="N", help="start at most N new runs now")
     r.add_argument("--max-failures", metavar="N|P%", help="stop starting past this count or share of failures")
     r.add_argument("--shard", type=shard_flag, metavar="I/N", help="only the rows of shard I of N")
+    add_subset_flags(r)
     r.add_argument("--webhook-url", metavar="URL", help="public URL Lamina posts results to")
     r.add_argument("--listen", type=listen_flag, metavar="HOST:PORT", help="where the webhook receiver binds")
     r.add_argument("--output-dir", type=Path, help="where downloads go (default: the pipeline's folder)")

@@ -7,9 +7,20 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lamina_batch.cli.common import EXIT_OK, Out, batch_options
-from lamina_batch.cli.parser import Commands, add_emulator_flag, add_redo_flags, positive_int, shard_flag
+from lamina_batch.cli.parser import (
+    Commands,
+    add_emulator_flag,
+    add_redo_flags,
+    add_subset_flags,
+    positive_int,
+    shard_flag,
+)
+
+if TYPE_CHECKING:
+    from lamina_batch.matrix import ValidationSummary
 
 
 def register(commands: Commands) -> None:
@@ -19,6 +30,7 @@ def register(commands: Commands) -> None:
     v.add_argument("--check-apps", action="store_true", help="also check inputs against the live app definitions")
     v.add_argument("--json", action="store_true", help="the counts and warnings as JSON, for scripts")
     add_emulator_flag(v)
+    add_subset_flags(v)
 
     pl = commands.add(
         "plan",
@@ -37,6 +49,7 @@ def register(commands: Commands) -> None:
     pl.add_argument("--offline", action="store_true", help="send nothing: credits read unknown")
     add_emulator_flag(pl)
     add_redo_flags(pl)
+    add_subset_flags(pl)
 
 
 def cmd_validate(args: argparse.Namespace, out: Out) -> int:
@@ -53,6 +66,8 @@ def cmd_validate(args: argparse.Namespace, out: Out) -> int:
             "items": summary.items,
             "steps": summary.steps,
             "runs": summary.runs,
+            "selected_items": summary.selected_items,
+            "selected_runs": summary.selected_runs,
             "warnings": [str(w) for w in summary.warnings],
         }
         out.result(json.dumps(fields, indent=2))
@@ -61,9 +76,18 @@ def cmd_validate(args: argparse.Namespace, out: Out) -> int:
         out.err(f"warning: {warning}")
     out.result(
         f"{args.pipeline}: valid{apps}: {summary.rows} rows, {summary.items} items, "
-        f"{summary.steps} steps, {summary.runs} runs"
+        f"{summary.steps} steps, {summary.runs} runs{_subset(args, summary)}"
     )
     return EXIT_OK
+
+
+def _subset(args: argparse.Namespace, summary: ValidationSummary) -> str:
+    """`; a subset: 5 of 600 items, 10 runs` when --rows/--limit picked part of the batch."""
+    if getattr(args, "rows", None) is None and getattr(args, "limit", None) is None:
+        return ""
+    from lamina_batch.selection import subset_text
+
+    return f"; a subset: {subset_text(summary.selected_items, summary.items)}, {summary.selected_runs} runs"
 
 
 def cmd_plan(args: argparse.Namespace, out: Out) -> int:

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from lamina_batch.client import LaminaClient
     from lamina_batch.manifest import Manifest
     from lamina_batch.models import Pipeline
+    from lamina_batch.selection import Selection
 
 __all__ = ["START_GRACE", "BatchContext", "ExecOptions", "Guards", "adopted", "describe", "finished"]
 
@@ -54,6 +55,7 @@ class ExecOptions:
     redo_set: Mapping[str, str] = field(default_factory=dict)
     # the apps the preflight fetched (app id -> AppInfo): varied inputs resolve against their parameters
     apps: Mapping[str, AppInfo] = field(default_factory=dict)
+    selection: Selection | None = None  # --rows / --limit: a subset, identities as in the full batch
 
     @property
     def choices(self) -> Choices:

@@ -167,7 +167,7 @@ class Executor:
                 self._guards.internal_error(error)
 
         try:
-            for plan in expand_runs(self._pipeline, shard=self._options.shard):
+            for plan in expand_runs(self._pipeline, shard=self._options.shard, selection=self._options.selection):
                 try:
                     await live.acquire(self._scope.hard)
                 except Interrupted:
