@@ -127,6 +127,7 @@ def write_reports(
     *,
     embed: bool = False,
     not_started: int = 0,
+    thumbnails: bool = False,
 ) -> tuple[tuple[str, Path], ...]:
     """Write each (format, path) report from the manifest, files resolved against `base_dir`, emitting
     ReportWritten after each; a markdown report is also appended to `$GITHUB_STEP_SUMMARY` when that is set."""
@@ -147,6 +148,7 @@ def write_reports(
             not_started=not_started,
             verdicts=verdicts,
             history=history,
+            thumbnails=thumbnails,
         )
         data = _with_card_fields(data, pipeline)
         write_report(fmt, data, path)

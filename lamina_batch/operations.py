@@ -180,10 +180,12 @@ def report(
     *,
     on_event: EventHandler | None = None,
     embed: bool = False,
+    thumbnails: bool = False,
 ) -> Path:
-    """Write one report (csv, jsonl, junit, html, markdown) from the manifest to `path`, downloaded files
+    """Write one report (csv, jsonl, junit, html, markdown, xlsx) from the manifest to `path`, downloaded files
     resolved against `options.output_dir`, else the folder the run recorded writing them to, else the pipeline's
-    folder; `embed` inlines the HTML gallery's images. `on_event` gets its ReportWritten. Returns the path."""
+    folder; `embed` inlines the HTML gallery's images; `thumbnails`: the xlsx report embeds a small image per
+    downloaded output. `on_event` gets its ReportWritten. Returns the path."""
     from .batch import write_reports
     from .manifest import Manifest
 
@@ -196,7 +198,9 @@ def report(
     with Manifest.open(loaded.manifest, pipeline_name=loaded.name, writer=False) as manifest:
         files = Path(options.output_dir).resolve() if options.output_dir is not None else recorded_folder(manifest)
         base = files or loaded.path.parent.resolve()
-        written = write_reports(loaded, manifest, [(fmt, path)], base, on_event or _ignore, embed=embed)
+        written = write_reports(
+            loaded, manifest, [(fmt, path)], base, on_event or _ignore, embed=embed, thumbnails=thumbnails
+        )
     return written[0][1]
 
 

@@ -305,6 +305,10 @@ def _check_reports(reports: Sequence[tuple[str, str | os.PathLike[str]]]) -> Non
             raise OptionError(
                 "{0} " + _literal(f"{fmt!r}: unknown report format (one of {', '.join(FORMATS)})"), "reports"
             )
+        if fmt == "xlsx":  # without the excel extra, say so before the batch rather than after it
+            from .reports.xlsx import require_writer
+
+            require_writer()
 
 
 def _shard(shard: str | tuple[int, int]) -> tuple[int, int]:

@@ -45,6 +45,7 @@ def register(commands: Commands) -> None:
     rp.add_argument("--output-dir", type=Path, help="where the run wrote its files (default: the folder it recorded)")
     rp.add_argument("--embed", action="store_true", help="html: inline the images, so the page can be moved")
     add_emulator_flag(rp, manifest_only=True)
+    rp.add_argument("--thumbnails", action="store_true", help="xlsx: a small image of each downloaded output")
 
     c = commands.add("cancel", "cancel remote runs this manifest still has running", cmd_cancel, pipeline=True)
     c.add_argument("--manifest", type=Path)
@@ -83,14 +84,22 @@ def cmd_report(args: argparse.Namespace, out: Out) -> int:
             out.info(f"wrote {event.format} report to {event.path}")
 
     if str(args.output) != "-":
-        report(args.pipeline, args.format, args.output, batch_options(args), on_event=written, embed=args.embed)
+        report(
+            args.pipeline,
+            args.format,
+            args.output,
+            batch_options(args),
+            on_event=written,
+            embed=args.embed,
+            thumbnails=args.thumbnails,
+        )
         return EXIT_OK
     # `-o -`: written beside the working directory (so an HTML page's relative links hold), copied to stdout
     fd, name = tempfile.mkstemp(prefix=".lamina-report-", suffix=f".{args.format}", dir=".")
     os.close(fd)
     tmp = Path(name)
     try:
-        report(args.pipeline, args.format, tmp, batch_options(args), embed=args.embed)
+        report(args.pipeline, args.format, tmp, batch_options(args), embed=args.embed, thumbnails=args.thumbnails)
         with tmp.open("rb") as fh:
             shutil.copyfileobj(fh, sys.stdout.buffer)
         sys.stdout.flush()

@@ -13,7 +13,7 @@ from typing import NoReturn, Protocol
 from lamina_batch import __version__
 from lamina_batch.cli.common import EXIT_CONFIG, Handler
 
-REPORT_FORMATS = ("csv", "jsonl", "junit", "html", "markdown")
+REPORT_FORMATS = ("csv", "jsonl", "junit", "html", "markdown", "xlsx")
 
 
 class Parser(argparse.ArgumentParser):

@@ -1,4 +1,4 @@
-"""Reports over manifest records: csv, jsonl, junit, html and markdown, each written atomically.
+"""Reports over manifest records: csv, jsonl, junit, html, markdown and xlsx, each written atomically.
 
 `write_report(fmt, ReportInput(...), out)` is the one entry point the CLI needs.
 """
@@ -16,8 +16,9 @@ from lamina_batch.reports.html import write_html
 from lamina_batch.reports.jsonl import run_to_json, write_jsonl
 from lamina_batch.reports.junit import write_junit
 from lamina_batch.reports.markdown import append_github_summary, render_markdown, write_markdown
+from lamina_batch.reports.xlsx import write_xlsx
 
-FORMATS = ("csv", "jsonl", "junit", "html", "markdown")
+FORMATS = ("csv", "jsonl", "junit", "html", "markdown", "xlsx")
 
 _WRITERS: dict[str, Callable[[ReportInput, Path], None]] = {
     "csv": write_csv,
@@ -25,6 +26,7 @@ _WRITERS: dict[str, Callable[[ReportInput, Path], None]] = {
     "junit": write_junit,
     "html": write_html,
     "markdown": write_markdown,
+    "xlsx": write_xlsx,  # XlsxWriter is imported only when it writes (the `excel` extra)
 }
 
 
@@ -52,4 +54,5 @@ __all__ = [
     "write_junit",
     "write_markdown",
     "write_report",
+    "write_xlsx",
 ]

@@ -63,6 +63,7 @@ class ReportInput:
     history: Mapping[str, Sequence[PastAttempt]] = field(default_factory=dict)
     # planned runs of the batch that were never started (a stop, a guard): the markdown summary says so
     not_started: int = 0
+    thumbnails: bool = False  # the xlsx report: a small image per downloaded output in its row
 
     @property
     def files_dir(self) -> Path:
