@@ -202,8 +202,9 @@ def _prepare(source: PipelineSource, options: BatchOptions) -> _Prepared:
     """Every local check, without a request: the options, the spec, every row, every template of every run."""
     from .matrix import InputDigest, validate_pipeline
     from .selection import subset_text
+    from .sources import fetch_for_invocation
 
-    pipeline = prepare_pipeline(source, options)
+    pipeline = fetch_for_invocation(prepare_pipeline(source, options))  # a sheet by URL: fetched once, here
     shard = options.shard_pair
     selection = options.selection
     digest = InputDigest()
@@ -236,6 +237,10 @@ async def _execute(prepared: _Prepared, options: BatchOptions, target: ApiTarget
                 if pipeline.download is not None
                 else None
             )
+            if pipeline.matrix.source_sha256 is not None:  # so `plan` can say when the sheet changed
+                from .sources import SOURCE_SHA_META
+
+                manifest.set_meta(SOURCE_SHA_META, pipeline.matrix.source_sha256)
             exec_options = dataclasses.replace(
                 _exec_options(pipeline, options, prepared.shard, prepared.selection), credit_prices=prices, apps=apps
             )

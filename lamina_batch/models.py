@@ -113,6 +113,7 @@ class MatrixSpec:
     url: str | None = None
     lines: Mapping[str, int] = field(default_factory=dict)
     row_lines: tuple[int, ...] = ()
+    source_sha256: str | None = None  # of the copy `url` was fetched to (sources.fetch_for_invocation)
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,10 @@ def validate(
     the rendered inputs against the live app definitions (one GET per step's app, on `options.emulator` or the
     environment's key). Raises ConfigError listing every problem."""
     from .matrix import InputDigest, validate_pipeline
+    from .sources import fetch_for_invocation
 
     options = options or BatchOptions()
-    loaded = load_for(pipeline, options)
+    loaded = fetch_for_invocation(load_for(pipeline, options))
     shard = options.shard_pair
     digest = InputDigest() if check_apps else None
     selection = options.selection
@@ -59,9 +60,10 @@ def plan(
     `refresh_estimates`; without `credits` nothing is sent and the bill is absent."""
     from .manifest import Manifest
     from .planner import plan_against_manifest
+    from .sources import fetch_for_invocation
 
     options = options or BatchOptions()
-    loaded = load_for(pipeline, options)
+    loaded = fetch_for_invocation(load_for(pipeline, options))
     path = loaded.manifest
     manifest = Manifest.open(path, pipeline_name=loaded.name, writer=False) if path.exists() else None
     max_starts = options.max_starts if options.max_starts is not None else loaded.run.max_starts
@@ -78,6 +80,7 @@ def plan(
             rejected=_rejected(loaded) if options.redo_rejected else None,
             selection=options.selection,
         )
+        report = _with_sheet(report, loaded, manifest)
     except ConfigError as e:
         raise _all_problems(loaded, e) from None
     finally:
@@ -133,6 +136,7 @@ def status(pipeline: PipelineSource, options: BatchOptions | None = None) -> Sta
     batch is running. ManifestError if the batch never ran."""
     from .manifest import Manifest
     from .planner import status_report
+    from .sources import fetch_for_invocation
 
     options = options or BatchOptions()
     loaded = load_for(pipeline, options)
@@ -140,6 +144,7 @@ def status(pipeline: PipelineSource, options: BatchOptions | None = None) -> Sta
         raise ManifestError(
             f"{loaded.manifest}: no manifest yet; start the batch with `lamina-batch run {_shown(pipeline)}`"
         )
+    loaded = fetch_for_invocation(loaded)  # status plans the runs again: it reads the sheet
     from .verdicts import VerdictStore
 
     with VerdictStore.open(loaded.manifest, pipeline_name=loaded.name, writable=False) as store:
@@ -213,6 +218,19 @@ def recorded_folder(manifest: Manifest) -> Path | None:
                 newest = (rec.updated_at or "", d.folder)
     # a folder from another machine (a merged CI manifest) is no help here: the caller falls back
     return None if newest is None or not Path(newest[1]).is_dir() else Path(newest[1])
+
+
+def _with_sheet(report: PlanReport, pipeline: Pipeline, manifest: Manifest | None) -> PlanReport:
+    """The plan with what it knows of a sheet fetched by URL: whether it changed since the last run read it."""
+    sha = pipeline.matrix.source_sha256
+    if sha is None:
+        return report
+    from .rows import source_name
+    from .sources import SOURCE_SHA_META
+
+    before = manifest.get_meta(SOURCE_SHA_META) if manifest is not None else None
+    changed = None if before is None else before != sha
+    return dataclasses.replace(report, sheet=source_name(pipeline.matrix), sheet_changed=changed)
 
 
 def _check_apps(pipeline: Pipeline, digest: InputDigest, options: BatchOptions, shard: tuple[int, int] | None) -> None:

@@ -172,6 +172,8 @@ class PlanReport:
     starts: Mapping[str, int] = field(default_factory=dict)  # runs_to_start: per step, within max_starts
     bill: Bill | None = None  # what those starts cost (credits.bill_of), when asked for
     subset: str | None = None  # with --rows/--limit: "5 of 600 items"
+    sheet: str | None = None  # a matrix source fetched by URL (shown without its query)
+    sheet_changed: bool | None = None  # since the last run read it; None: no run read it yet
 
     def total(self, category: str) -> int:
         return sum(c.get(category, 0) for c in self.steps.values())
@@ -200,6 +202,7 @@ class PlanReport:
             "starts": dict(self.starts),
             "credits": None if self.bill is None else self.bill.to_json(),
             "subset": self.subset,
+            "sheet": None if self.sheet is None else {"source": self.sheet, "changed": self.sheet_changed},
         }
 
     def render_text(self) -> str:
@@ -224,6 +227,8 @@ class PlanReport:
         if self.total("running"):
             summary += f"; {self.total('running')} running remotely would be followed, not started again"
         lines.append(summary)
+        if self.sheet is not None:
+            lines.append(f"sheet {self.sheet}: {_SHEET_NEWS[self.sheet_changed]}")
         kept = self.total("failed_kept") + self.total("unknown")
         if kept:
             lines.append(
@@ -258,6 +263,13 @@ class PlanReport:
         if self.bill is not None:
             lines.extend(self.bill.render_lines())
         return "\n".join(lines)
+
+
+_SHEET_NEWS = {
+    True: "changed since the last run",
+    False: "unchanged since the last run",
+    None: "fetched; no run has read it yet",
+}
 
 
 def _row_slot(step_id: str, item_id: str) -> tuple[str, str]:

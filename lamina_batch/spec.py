@@ -655,7 +655,7 @@ def _matrix_problems(matrix: dict[str, Any], ids: list[str], lines: Mapping[Json
         value = matrix.get(key)
         if not isinstance(value, str) or not value:
             continue
-        if "://" in value and not value.startswith("https://"):
+        if "://" in value and not value.startswith("https://") and not _loopback_http(value):
             add(key, f"only https:// URLs are fetched, not {value.split('://', 1)[0]}://")
         elif key == "xlsx" and "://" not in value and Path(value).suffix.lower() not in WORKBOOK_SUFFIXES:
             hint = "use matrix.csv for a CSV file" if Path(value).suffix.lower() in (".csv", ".tsv", ".txt") else None
@@ -710,7 +710,7 @@ def _source(base: Path, value: str | None) -> tuple[Path | None, str | None]:
     """(local path, https URL) of a csv/xlsx source; a URL has no local path until it is fetched."""
     if value is None:
         return None, None
-    if value.startswith("https://"):
+    if value.startswith(("https://", "http://")):  # plain http passed the check only for loopback
         return None, value
     return base / value, None
 
@@ -819,6 +819,12 @@ def parse_pipeline_text(text: str, path: Path | str, *, display: str | None = No
         # a schema pattern and a cross-field check may say the same thing about one value: say it once
         raise SpecError(sorted(dict.fromkeys(problems), key=lambda p: p.line or 0))
     return _build(data, path, lines)
+
+
+def _loopback_http(url: str) -> bool:
+    from lamina_batch.sources import is_loopback_http  # httpx and friends, only for a URL that is not https
+
+    return is_loopback_http(url)
 
 
 def load_pipeline(path: Path | str) -> Pipeline:

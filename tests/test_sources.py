@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
+import subprocess
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from helpers import cli_env, manifest_path, read_only
 
+from lamina_batch.emulator import Emulator
 from lamina_batch.errors import MatrixError
 from lamina_batch.matrix import expand_runs, validate_pipeline
 from lamina_batch.models import Pipeline
-from lamina_batch.sources import MAX_REDIRECTS, localize
+from lamina_batch.sources import MAX_REDIRECTS, is_loopback_http, localize
 from lamina_batch.spec import parse_pipeline_text
 
 SHEET = b"sku,name\r\nA1,Mug\r\nA2,Bowl\r\n"
@@ -109,3 +117,141 @@ def test_a_local_pipeline_is_left_alone(tmp_path: Path) -> None:
     (tmp_path / "p.csv").write_bytes(SHEET)
     p = _pipeline(tmp_path, "p.csv")
     assert localize(p, tmp_path / "f") == (p, None)
+
+
+# ----------------------------------------------------------------------------- through the CLI, on loopback
+
+
+class SheetServer:
+    """A plain-http server on 127.0.0.1 standing in for a published sheet: `/sheet.csv` serves `body` (which a
+    test may change), `/page` an HTML sign-in page, anything else 404; it counts the requests per path."""
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.hits: Counter[str] = Counter()
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner.hits[self.path] += 1
+                if self.path == "/sheet.csv":
+                    self._send(200, owner.body, "text/csv")
+                elif self.path == "/page":
+                    self._send(200, b"<!DOCTYPE html><html><body>Sign in</body></html>", "text/html")
+                else:
+                    self._send(404, b"not found", "text/plain")
+
+            def _send(self, status: int, body: bytes, kind: str) -> None:
+                self.send_response(status)
+                self.send_header("content-type", kind)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def sheet_server() -> Iterator[SheetServer]:
+    server = SheetServer(b"sku,name\r\nA1,Mug\r\nA2,Bowl\r\n")
+    yield server
+    server.close()
+
+
+def url_pipeline(folder: Path, url: str) -> Path:
+    path = folder / "pipeline.yaml"
+    path.write_text(
+        f"version: 1\nmatrix:\n  csv: {url}\n  key: sku\nsteps:\n  - id: hero\n    app: app_7Hk2\n"
+        "    inputs:\n      Prompt: 'Photo of {{ row.name }}'\nrun:\n  rate_limit: 100/s\n  poll_interval: 1s\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def lamina(pipeline: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lamina_batch", *args[:1], str(pipeline), *args[1:]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_sheet_by_url_is_fetched_once_per_command_and_plan_says_when_it_changed(
+    tmp_path: Path, emulator: Emulator, sheet_server: SheetServer
+) -> None:
+    """validate, plan and run each fetch the sheet once; run records its sha256 in the manifest; plan then says
+    whether the sheet changed since, and the changed row is the only one run again."""
+    pipeline = url_pipeline(tmp_path, sheet_server.url("/sheet.csv"))
+    env = cli_env(emulator)
+    checked = lamina(pipeline, env, "validate")
+    assert checked.returncode == 0, checked.stderr
+    assert "2 rows" in checked.stdout
+    assert sheet_server.hits["/sheet.csv"] == 1
+    first = lamina(pipeline, env, "plan")
+    assert "no run has read it yet" in first.stdout
+    ran = lamina(pipeline, env, "run", "--no-progress")
+    assert ran.returncode == 0, ran.stderr
+    assert sheet_server.hits["/sheet.csv"] == 3
+    with read_only(manifest_path(pipeline)) as db:
+        (sha,) = db.execute("SELECT value FROM meta WHERE key = 'matrix_source_sha256'").fetchone()
+    assert sha == hashlib.sha256(sheet_server.body).hexdigest()
+    same = lamina(pipeline, env, "plan")
+    assert "unchanged since the last run" in same.stdout
+    sheet_server.body = b"sku,name\r\nA1,Mug\r\nA2,Big bowl\r\n"
+    changed = lamina(pipeline, env, "plan")
+    assert "changed since the last run" in changed.stdout
+    assert "would start 1 runs" in changed.stdout
+    assert emulator.stats.starts == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [("/missing.csv", "HTTP 404"), ("/page", "answered with a web page, not CSV")],
+)
+def test_a_sheet_that_cannot_be_read_is_one_line_exit_2(
+    tmp_path: Path, emulator: Emulator, sheet_server: SheetServer, path: str, message: str
+) -> None:
+    """A 404 or an HTML page where the CSV should be: exit 2, one line naming the pipeline line, nothing run."""
+    pipeline = url_pipeline(tmp_path, sheet_server.url(path))
+    for command in ("validate", "plan", "run"):
+        res = lamina(pipeline, cli_env(emulator), command)
+        assert res.returncode == 2, (command, res.stderr)
+        assert message in res.stderr
+        assert "pipeline.yaml:3: matrix.csv" in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1
+    assert emulator.stats.starts == 0
+
+
+def test_plain_http_is_fetched_from_loopback_only() -> None:
+    """http:// is accepted for 127.0.0.0/8, ::1 and localhost (bytes that never leave the machine), not
+    elsewhere."""
+    assert is_loopback_http("http://127.0.0.1:8080/s.csv")
+    assert is_loopback_http("http://[::1]/s.csv")
+    assert is_loopback_http("http://localhost/s.csv")
+    assert not is_loopback_http("http://sheets.example.com/s.csv")
+    assert not is_loopback_http("https://127.0.0.1/s.csv")
+
+
+def test_a_timeout_is_one_line(tmp_path: Path) -> None:
+    """A sheet server that never answers in time is a MatrixError naming the line and the timeout."""
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("timed out", request=request)
+
+    with pytest.raises(MatrixError, match=r"p\.yaml:3: matrix\.csv: cannot fetch .*(?i:timeout|timed out)"):
+        localize(_pipeline(tmp_path), tmp_path / "f", transport=httpx.MockTransport(slow))
