@@ -198,7 +198,8 @@ def _input_lines(plans: list[_Input], by_key: bool) -> list[str]:
 
 
 def _matrix_lines(sample: SheetSample, csv_path: Path, used: Sequence[str]) -> list[str]:
-    lines = ["matrix:", "  " + _yaml_pair("csv", csv_path.as_posix())]
+    source = "xlsx" if csv_path.suffix.lower() in (".xlsx", ".xlsm", ".xls", ".ods") else "csv"
+    lines = ["matrix:", "  " + _yaml_pair(source, csv_path.as_posix())]
     if sample.delimiter != ",":
         lines.append("  " + _yaml_pair("delimiter", sample.delimiter))
     seen = "every row" if sample.complete else f"the first {len(sample.rows)} rows"

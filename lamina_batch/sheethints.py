@@ -5,6 +5,7 @@ which column a parameter names. Guesses for a scaffold the user reviews, never r
 from __future__ import annotations
 
 import csv
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +37,11 @@ class SheetSample:
 def read_sample(path: Path, *, limit: int = SAMPLE_ROWS) -> SheetSample:
     """The header and first `limit` rows of a CSV (UTF-8, BOM tolerated, `,` `;` or tab told from the header).
 
-    The one place `init` reads a sheet: a workbook reader plugs in here."""
+    The one place `init` reads a sheet; a workbook (.xlsx .xlsm .xls .ods) is read by `workbook.py`'s rules,
+    its first sheet, its header the first non-empty row."""
     file = display_path(path)
+    if path.suffix.lower() in (".xlsx", ".xlsm", ".xls", ".ods"):
+        return _workbook_sample(path, limit)
     try:
         with path.open(encoding="utf-8-sig", newline="") as f:
             text = f.read(1 << 16)
@@ -54,6 +58,28 @@ def read_sample(path: Path, *, limit: int = SAMPLE_ROWS) -> SheetSample:
         ) from None
     except csv.Error as e:
         raise MatrixError(Problem(f"unreadable CSV: {e}", file=file)) from None
+
+
+def _workbook_sample(path: Path, limit: int) -> SheetSample:
+    """The first sheet's header and first `limit` rows, cells as the conversion rules make them; MatrixError
+    (naming the extra when it is missing) when the workbook cannot be read."""
+    from lamina_batch.models import MatrixSpec
+    from lamina_batch.workbook import open_sheet
+
+    problems: list[Problem] = []
+    stream = open_sheet(MatrixSpec(xlsx=path.resolve()), problems.append)
+    if stream is None:
+        first = problems[0] if problems else Problem("unreadable workbook", file=display_path(path))
+        raise MatrixError(dataclasses.replace(first, path="--csv" if first.path == "matrix.xlsx" else first.path))
+    rows: list[dict[str, str]] = []
+    try:
+        for row in stream:
+            if len(rows) == limit:
+                return SheetSample(stream.columns, tuple(rows), complete=False)
+            rows.append(row.values)
+    finally:
+        stream.close()
+    return SheetSample(stream.columns, tuple(rows))
 
 
 def _sample(reader: Iterable[list[str]], delimiter: str, limit: int) -> SheetSample:

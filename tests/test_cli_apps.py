@@ -150,6 +150,23 @@ def test_catalogue_exports_go_init_validate_run(
     assert not [t for t in titles if t.startswith("row ")]
 
 
+@pytest.mark.parametrize("fixture", ["products.ods", "products.xls"])
+def test_init_reads_a_workbook_and_what_it_writes_runs(fixture: str, emulator: Emulator, tmp_path: Path) -> None:
+    """`init APP --csv products.ods` (or .xls) samples the workbook's first sheet by the conversion rules and
+    writes `matrix.xlsx:` with a key; validate passes and run completes a run per row."""
+    shutil.copy(CATALOGUES / fixture, tmp_path / fixture)
+    made = cli(tmp_path, emulator, "init", "app_7Hk2", "--csv", fixture, "-o", "pipeline.yaml")
+    assert made.returncode == 0, made.stderr
+    text = (tmp_path / "pipeline.yaml").read_text(encoding="utf-8")
+    assert f"  xlsx: {fixture}\n" in text
+    assert re.search(r"^  key: sku ", text, re.MULTILINE)
+    checked = cli(tmp_path, emulator, "validate", "pipeline.yaml", "--check-apps")
+    assert checked.returncode == 0, checked.stderr
+    ran = cli(tmp_path, emulator, "run", "pipeline.yaml", "--no-progress")
+    assert ran.returncode == 0, ran.stderr
+    assert emulator.stats.starts == 2
+
+
 def readme_catalogue_pipelines() -> list[str]:
     """The complete pipelines (`version: 1`) in the README's catalogue section, as written."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
