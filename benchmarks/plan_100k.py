@@ -78,8 +78,10 @@ def write_workbook(folder: Path, rows: int) -> Path:
     return path
 
 
-def measure(pipeline: Path) -> dict[str, object]:
-    cmd = [sys.executable, "-m", "lamina_batch", "plan", str(pipeline)]
+def measure(pipeline: Path, command: list[str] | None = None) -> dict[str, object]:
+    """Wall time and peak RSS of `lamina-batch plan PIPELINE` (or `command[0] PIPELINE command[1:]`)."""
+    words = command or ["plan"]
+    cmd = [sys.executable, "-m", "lamina_batch", words[0], str(pipeline), *words[1:]]
     timer = shutil.which("time") or ("/usr/bin/time" if Path("/usr/bin/time").exists() else None)
     start = time.perf_counter()
     if timer:

@@ -151,6 +151,27 @@ def test_outputs_and_files_are_real_hyperlinks(tmp_path: Path) -> None:
     assert second["hero.output"].hyperlink is None
 
 
+def test_links_past_excels_limit_are_hyperlink_formulas(tmp_path: Path) -> None:
+    """Past the per-sheet hyperlink limit a link is a HYPERLINK() formula with its quotes doubled (the cell
+    still shows the text); a URL too long for a formula string is plain text."""
+    long_url = "https://cdn.example.com/" + "x" * 300
+    recs = [*records(), rec("banner", 2, RunState.COMPLETED, row=ROW2, outputs=['https://e.com/a"b', long_url])]
+    out = tmp_path / "reports" / "results.xlsx"
+    write_xlsx(data(iter(recs), tmp_path), out, max_links=1)
+    ws, _ = open_results(out)
+    first = by_header(ws, 2)
+    assert first["hero.output"].hyperlink.target == "https://cdn.example/hero.png?a=1&b=2"
+    assert first["hero.file"].hyperlink is None
+    assert first["hero.file"].value == '=HYPERLINK("../out/00123/hero.png","out/00123/hero.png")'
+    second = by_header(ws, 3)
+    assert second["banner.output"].value == f'https://e.com/a"b | {long_url}'  # the text is over 255 characters
+    assert second["banner.output"].data_type == "s"
+    short = [*records()[:2], rec("hero", 2, RunState.COMPLETED, row=ROW2, outputs=['https://e.com/a"b'])]
+    write_xlsx(data(iter(short), tmp_path), out, max_links=1)
+    ws, _ = open_results(out)
+    assert by_header(ws, 3)["hero.output"].value == '=HYPERLINK("https://e.com/a""b","https://e.com/a""b")'
+
+
 def test_header_is_frozen_and_filtered(tmp_path: Path) -> None:
     """The header row is frozen (panes at A2) and carries an autofilter over every column and row."""
     out = tmp_path / "results.xlsx"

@@ -39,8 +39,10 @@ STEP_COLUMNS = ("status", "output", "file", "credits", "run_id", "error")
 MULTI_SEPARATOR = " | "
 RESULTS_SHEET = "Results"
 SUMMARY_SHEET = "Summary"
-# Excel keeps at most 65,530 hyperlinks per worksheet; past that a link is written as plain text.
+# Excel keeps at most 65,530 hyperlinks per worksheet; past that a link is a HYPERLINK() formula (no such limit,
+# but its strings hold at most 255 characters: a longer link is plain text).
 MAX_LINKS = 65_530
+MAX_FORMULA_STRING = 255
 # Excel's limits for a URL in a hyperlink and for the text of one cell.
 MAX_URL = 2_079
 MAX_CELL = 32_767
@@ -72,8 +74,9 @@ def require_writer() -> None:
 class _Sheet:
     """The results sheet being written: formats, the next row, and how many links it holds so far."""
 
-    def __init__(self, book: Workbook, sheet: Worksheet, data: ReportInput, out: Path) -> None:
+    def __init__(self, book: Workbook, sheet: Worksheet, data: ReportInput, out: Path, max_links: int) -> None:
         self.book = book
+        self.max_links = max_links
         self.sheet = sheet
         self.data = data
         self.out_dir = out.parent.resolve()
@@ -88,12 +91,19 @@ class _Sheet:
             self.sheet.write_string(self.row, col, value[:MAX_CELL])
 
     def link(self, col: int, url: str, text: str) -> None:
-        """A real hyperlink where Excel allows one more, else the text alone."""
-        if len(url) > MAX_URL or self.links >= MAX_LINKS:
+        """A real hyperlink while Excel takes more, then a HYPERLINK() formula showing `text` (its value cached,
+        the quotes in both doubled); plain text for a link too long for either."""
+        if self.links < self.max_links and len(url) <= MAX_URL:
+            self.links += 1
+            self.sheet.write_url(self.row, col, url, self.link_format, text[:MAX_CELL])
+            return
+        target = url.removeprefix("external:").replace("\\", "/")
+        if len(target) > MAX_FORMULA_STRING or len(text) > MAX_FORMULA_STRING:
             self.text(col, text)
             return
-        self.links += 1
-        self.sheet.write_url(self.row, col, url, self.link_format, text[:MAX_CELL])
+        quoted = target.replace('"', '""'), text.replace('"', '""')
+        formula = f'=HYPERLINK("{quoted[0]}","{quoted[1]}")'
+        self.sheet.write_formula(self.row, col, formula, self.link_format, text)
 
     def file_link(self, col: int, downloads: Sequence[DownloadRecord]) -> None:
         """The downloaded files' paths (relative to the output folder), linked relative to the workbook."""
@@ -195,9 +205,10 @@ def _atomic_path(out: Path) -> Iterator[Path]:
     fsync_dir(out.parent)
 
 
-def write_xlsx(data: ReportInput, out: Path) -> None:
+def write_xlsx(data: ReportInput, out: Path, *, max_links: int = MAX_LINKS) -> None:
     """Write the results workbook to `out` (atomically), with a thumbnail column per step when
-    `data.thumbnails`. ConfigError naming the extra without XlsxWriter."""
+    `data.thumbnails`; at most `max_links` real hyperlinks (Excel's own limit), HYPERLINK() formulas after
+    them. ConfigError naming the extra without XlsxWriter."""
     require_writer()
     import xlsxwriter
 
@@ -212,15 +223,15 @@ def write_xlsx(data: ReportInput, out: Path) -> None:
             },
         )
         try:
-            _fill(book, data, Path(out), thumbnails=data.thumbnails)
+            _fill(book, data, Path(out), thumbnails=data.thumbnails, max_links=max_links)
         finally:
             book.close()
 
 
-def _fill(book: Workbook, data: ReportInput, out: Path, *, thumbnails: bool) -> None:
+def _fill(book: Workbook, data: ReportInput, out: Path, *, thumbnails: bool, max_links: int) -> None:
     results = book.add_worksheet(RESULTS_SHEET)
     summary = book.add_worksheet(SUMMARY_SHEET)
-    sheet = _Sheet(book, results, data, out)
+    sheet = _Sheet(book, results, data, out, max_links)
     steps = list(data.step_ids)
     width = len(STEP_COLUMNS) + (1 if thumbnails else 0)
     counts: dict[str, Counter[RunState]] = {s: Counter() for s in steps}
