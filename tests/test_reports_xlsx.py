@@ -25,14 +25,6 @@ STEPS = ("hero", "banner")
 HOSTILE = "=cmd|' /C calc'!A0"
 
 
-@dataclasses.dataclass(frozen=True)
-class CreditedRecord(RunRecord):
-    """A RunRecord with the credits fields another branch adds to RunRecord itself."""
-
-    credits_estimate: float | None = None
-    credits_actual: float | None = None
-
-
 def rec(
     step: str,
     n: int,
@@ -46,7 +38,7 @@ def rec(
     estimate: float | None = None,
     actual: float | None = None,
 ) -> RunRecord:
-    return CreditedRecord(
+    return RunRecord(
         identity=f"id-{step}-{n}",
         step_id=step,
         app_id="app_7Hk2",
@@ -110,7 +102,7 @@ def by_header(ws: Any, row: int) -> dict[str, Any]:
 
 def test_rows_come_back_as_text_with_step_columns(tmp_path: Path) -> None:
     """Row cells are text cells holding exactly the input (leading zeros, 20 digits, dates, '=...' and '+...'
-    are not numbers or formulas), then per step status, output, file, credits, run id and error."""
+    are not numbers or formulas), then per step status, output, file, credits, run id, verdict and error."""
     out = tmp_path / "results.xlsx"
     write_xlsx(data(iter(records()), tmp_path), out)
     ws, _ = open_results(out)
@@ -200,11 +192,31 @@ def test_summary_sheet_counts_states_and_credits_per_step(tmp_path: Path) -> Non
 
 
 def test_run_credits_prefers_actual_then_estimate_then_none() -> None:
-    """Credits where known: the actual cost, else the estimate, else None."""
+    """Credits as every report counts them: the actual cost, else the estimate, plus earlier attempts; nothing
+    for an attempt that never created a remote run; None when nothing is known."""
     row = {"sku": "A"}
-    assert run_credits(rec("hero", 1, RunState.COMPLETED, row=row, estimate=4, actual=3)) == 3
-    assert run_credits(rec("hero", 1, RunState.COMPLETED, row=row, estimate=4)) == 4
-    assert run_credits(rec("hero", 1, RunState.COMPLETED, row=row)) is None
+    assert run_credits(rec("hero", 1, RunState.COMPLETED, row=row, remote_id="r", estimate=4, actual=3)) == 3
+    assert run_credits(rec("hero", 1, RunState.COMPLETED, row=row, remote_id="r", estimate=4)) == 4
+    assert run_credits(rec("hero", 1, RunState.COMPLETED, row=row, remote_id="r")) is None
+    assert run_credits(rec("hero", 1, RunState.PENDING, row=row, estimate=4)) is None
+    redone = dataclasses.replace(
+        rec("hero", 1, RunState.COMPLETED, row=row, remote_id="r", estimate=4), credits_earlier=4
+    )
+    assert run_credits(redone) == 8
+
+
+def test_the_verdict_of_the_current_attempt_has_its_column(tmp_path: Path) -> None:
+    """`<step>.verdict` holds the verdict in force for the run's current attempt, empty when unreviewed."""
+    from lamina_batch.verdicts import Verdict
+
+    recs = records()
+    at = "2026-01-01T00:00:00.000Z"
+    verdicts = {(recs[0].identity, 1): Verdict(1, recs[0].identity, 1, "rejected", "too red", at, "page")}
+    out = tmp_path / "v.xlsx"
+    write_report("xlsx", data(recs, tmp_path, verdicts=verdicts), out)
+    ws, _ = open_results(out)
+    assert by_header(ws, 2)["hero.verdict"].value == "rejected"
+    assert by_header(ws, 3)["hero.verdict"].value is None
 
 
 def test_empty_manifest_gives_a_header_only_workbook(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 import struct
 import tempfile
 from collections import Counter
@@ -26,6 +27,7 @@ from lamina_batch.reports.common import (
     iter_items,
     latest_per_step,
     output_text,
+    verdict_of,
 )
 
 if TYPE_CHECKING:
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["EXTRA_HINT", "STEP_COLUMNS", "image_size", "require_writer", "run_credits", "write_xlsx"]
 
 EXTRA_HINT = 'install the extra: pip install "lamina-batch[excel]"'
-STEP_COLUMNS = ("status", "output", "file", "credits", "run_id", "error")
+STEP_COLUMNS = ("status", "output", "file", "credits", "run_id", "verdict", "error")
 MULTI_SEPARATOR = " | "
 RESULTS_SHEET = "Results"
 SUMMARY_SHEET = "Summary"
@@ -52,13 +54,9 @@ _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp")
 
 
 def run_credits(rec: RunRecord) -> float | None:
-    """The credits a run cost where known: the actual cost the API reported, else the estimate; None when
-    neither is known. (Reads the RunRecord credits fields by name until they land on this branch.)"""
-    actual = getattr(rec, "credits_actual", None)
-    if actual is not None:
-        return float(actual)
-    estimate = getattr(rec, "credits_estimate", None)
-    return None if estimate is None else float(estimate)
+    """The credits a run cost where known, as every report counts them (`RunRecord.credits`: earlier attempts
+    plus the current one where it created a remote run, its actual cost else its estimate); None: unknown."""
+    return rec.credits
 
 
 def require_writer() -> None:
@@ -79,7 +77,8 @@ class _Sheet:
         self.max_links = max_links
         self.sheet = sheet
         self.data = data
-        self.out_dir = out.parent.resolve()
+        # downloads are recorded relative to files_dir and never leave it: one relpath serves every row
+        self.files_prefix = os.path.relpath(data.files_dir.resolve(), out.parent.resolve()).replace(os.sep, "/")
         self.links = 0
         self.row = 0
         self.link_format = book.add_format({"font_color": "blue", "underline": 1})
@@ -110,8 +109,7 @@ class _Sheet:
         if not downloads:
             return
         shown = MULTI_SEPARATOR.join(d.path for d in downloads)
-        target = self.data.files_dir / downloads[0].path
-        relative = os.path.relpath(target.resolve(), self.out_dir).replace(os.sep, "/")
+        relative = posixpath.normpath(f"{self.files_prefix}/{downloads[0].path}")
         self.link(col, "external:" + relative, shown)
 
     def thumbnail(self, col: int, downloads: Sequence[DownloadRecord]) -> bool:
@@ -182,7 +180,9 @@ def _step_cells(sheet: _Sheet, col: int, rec: RunRecord | None) -> None:
     if credits is not None:
         sheet.sheet.write_number(sheet.row, col + 3, credits)
     sheet.text(col + 4, rec.remote_id or "")
-    sheet.text(col + 5, error_text(rec))
+    verdict = verdict_of(sheet.data, rec)
+    sheet.text(col + 5, verdict.verdict if verdict is not None else "")
+    sheet.text(col + 6, error_text(rec))
 
 
 @contextlib.contextmanager
