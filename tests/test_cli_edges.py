@@ -94,7 +94,8 @@ def test_run_dry_run_says_use_plan(tmp_path: Path, emulator: Emulator) -> None:
 
 
 def test_status_and_validate_json_have_the_tables_fields(tmp_path: Path, emulator: Emulator) -> None:
-    """`status --json` has the planned count, per-step counts and failures; `validate --json` rows/items/runs."""
+    """`status --json` has the planned count, per-step counts and failures; `validate --json` rows/items/runs and
+    the subset `--rows/--limit` picked."""
     pipeline = write_pipeline(tmp_path, 3)
     env = cli_env(emulator)
     assert run_cli(pipeline, env).returncode == 0
@@ -115,8 +116,12 @@ def test_status_and_validate_json_have_the_tables_fields(tmp_path: Path, emulato
         "items": 3,
         "steps": 2,
         "runs": 6,
+        "selected_items": 3,
+        "selected_runs": 6,
         "warnings": [],
     }
+    subset = json.loads(lb("validate", str(pipeline), "--json", "--limit", "1", env=env).stdout)
+    assert (subset["items"], subset["selected_items"], subset["selected_runs"]) == (3, 1, 2)
 
 
 def test_plan_json_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
