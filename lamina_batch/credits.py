@@ -204,7 +204,7 @@ class Bill:
                 lines.append(f"  {s.step_id}: {s.runs} runs x unknown")
                 continue
             n = format_credits
-            each = "" if e.min == e.max else f" ({n(s.runs * e.min)}-{n(s.runs * e.max)})"
+            each = "" if e.min == e.max or not s.runs else f" ({n(s.runs * e.min)}-{n(s.runs * e.max)})"
             lines.append(f"  {s.step_id}: {s.runs} runs x {n(e.expected)} = {n(s.runs * e.expected)}{each}")
         total, span = self.expected, self.range
         if total is None or span is None:

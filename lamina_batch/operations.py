@@ -141,9 +141,7 @@ def status(pipeline: PipelineSource, options: BatchOptions | None = None) -> Sta
     options = options or BatchOptions()
     loaded = load_for(pipeline, options)
     if not loaded.manifest.exists():
-        raise ManifestError(
-            f"{loaded.manifest}: no manifest yet; start the batch with `lamina-batch run {_shown(pipeline)}`"
-        )
+        raise _no_manifest_yet(loaded, pipeline, options)
     loaded = fetch_for_invocation(loaded)  # status plans the runs again: it reads the sheet
     from .verdicts import VerdictStore
 
@@ -197,9 +195,7 @@ def report(
     options = options or BatchOptions()
     loaded = load_for(pipeline, options)
     if not loaded.manifest.exists():
-        raise ManifestError(
-            f"{loaded.manifest}: no manifest yet; start the batch with `lamina-batch run {_shown(pipeline)}`"
-        )
+        raise _no_manifest_yet(loaded, pipeline, options)
     with Manifest.open(loaded.manifest, pipeline_name=loaded.name, writer=False) as manifest:
         files = Path(options.output_dir).resolve() if options.output_dir is not None else recorded_folder(manifest)
         base = files or loaded.path.parent.resolve()
@@ -265,6 +261,20 @@ def _all_problems(pipeline: Pipeline, first: ConfigError) -> ConfigError:
 
 def _ignore(event: Event) -> None:
     """No one is watching."""
+
+
+def _no_manifest_yet(loaded: Pipeline, pipeline: PipelineSource, options: BatchOptions) -> ManifestError:
+    """No manifest where this command looks: point at the `--emulator` one when only a try on the emulator ran."""
+    from .options import emulator_manifest_path
+
+    if not options.emulator and not options.manifest_given and emulator_manifest_path(loaded).exists():
+        return ManifestError(
+            f"{loaded.manifest}: no manifest yet; only the emulator's ({emulator_manifest_path(loaded).name}) exists: "
+            "add --emulator to read that one"
+        )
+    return ManifestError(
+        f"{loaded.manifest}: no manifest yet; start the batch with `lamina-batch run {_shown(pipeline)}`"
+    )
 
 
 def _shown(source: PipelineSource) -> str:
