@@ -24,6 +24,7 @@ from .target import ApiTarget, api_target, emulator_state_file, make_client, tar
 
 if TYPE_CHECKING:
     from .client import LaminaClient
+    from .credits import Estimates
     from .errors import ApiError
     from .executor import ExecOptions, Executor
     from .manifest import Manifest
@@ -302,30 +303,9 @@ async def _check_credits(
     what this invocation may start (runs_to_start, within max_starts, at most max_credits) held against the
     balance. CreditsError (nothing started) when it exceeds the balance, or when the cost is unknown while
     max_credits is set. Returns each app's expected credits per run, for the budget and the manifest."""
-    from .credits import (
-        NO_ESTIMATE_API,
-        bill_of,
-        cache_path,
-        estimate_inputs,
-        fetch_estimates,
-        format_credits,
-        origin_of,
-        unknown,
-    )
-    from .planner import starts_planned
-
     pipeline = prepared.pipeline
     limit = pipeline.run.max_credits
-    if client.supports_estimate:
-        estimates = await fetch_estimates(
-            client,
-            estimate_inputs(pipeline, prepared.shard),
-            cache=cache_path(pipeline.manifest),
-            origin=origin_of(target.base_url, emulator=target.emulator),
-            refresh=True,
-        )
-    else:
-        estimates = unknown(NO_ESTIMATE_API)
+    estimates = await _run_estimates(prepared, client, target)
     why = estimates.why_unknown(s.app for s in pipeline.steps)
     if why is not None:
         if limit is not None:
@@ -337,35 +317,67 @@ async def _check_credits(
                 )
             )
         emit(Notice(f"credits: the batch's cost is unknown ({why}); starting anyway (max_credits would refuse)"))
-    prices = {app: e.expected for app, e in estimates.by_app.items()}
-    balance = estimates.balance
-    if why is None and balance is not None:
-        starts = starts_planned(
-            pipeline,
-            manifest,
-            retry_failed=options.retry_failed,
-            restart_unknown=options.restart_unknown,
-            shard=prepared.shard,
-            max_starts=pipeline.run.max_starts,
-            redo_rejected=options.redo_rejected,
-            rejected=_rejected(pipeline) if options.redo_rejected else None,
-            selection=prepared.selection,
-        )
-        bill = bill_of(pipeline, starts, estimates)
-        expected = bill.expected or 0.0
-        may_commit = expected if limit is None else min(expected, limit)
-        if may_commit > balance:
-            raise CreditsError(
-                Problem(
-                    f"this invocation would start {bill.runs} runs expected to cost {format_credits(expected)} credits"
-                    f"{_span(bill.range)}, more than the balance of {format_credits(balance)}: nothing was started",
-                    hint="top up; or start fewer now with --max-starts N or --max-credits N, narrow the rows with "
-                    "a `where`, or split the batch with --shard I/N",
-                )
+    elif estimates.balance is not None:
+        _check_affordable(prepared, options, manifest, estimates, estimates.balance, emit)
+    return {app: e.expected for app, e in estimates.by_app.items()}
+
+
+async def _run_estimates(prepared: _Prepared, client: LaminaClient, target: ApiTarget) -> Estimates:
+    """Each app's estimate, asked afresh (and cached for `plan`); unknown on an API without estimates."""
+    from .credits import NO_ESTIMATE_API, cache_path, estimate_inputs, fetch_estimates, origin_of, unknown
+
+    pipeline = prepared.pipeline
+    if not client.supports_estimate:
+        return unknown(NO_ESTIMATE_API)
+    return await fetch_estimates(
+        client,
+        estimate_inputs(pipeline, prepared.shard),
+        cache=cache_path(pipeline.manifest),
+        origin=origin_of(target.base_url, emulator=target.emulator),
+        refresh=True,
+    )
+
+
+def _check_affordable(
+    prepared: _Prepared,
+    options: BatchOptions,
+    manifest: Manifest,
+    estimates: Estimates,
+    balance: float,
+    emit: EventHandler,
+) -> None:
+    """CreditsError unless what this invocation may commit (the runs `plan` would bill, at most max_credits)
+    fits the balance; a notice with both figures when it does."""
+    from .credits import bill_of, format_credits
+    from .planner import starts_planned
+
+    pipeline = prepared.pipeline
+    limit = pipeline.run.max_credits
+    starts = starts_planned(
+        pipeline,
+        manifest,
+        retry_failed=options.retry_failed,
+        restart_unknown=options.restart_unknown,
+        shard=prepared.shard,
+        max_starts=pipeline.run.max_starts,
+        redo_rejected=options.redo_rejected,
+        rejected=_rejected(pipeline) if options.redo_rejected else None,
+        selection=prepared.selection,
+    )
+    bill = bill_of(pipeline, starts, estimates)
+    expected = bill.expected or 0.0
+    may_commit = expected if limit is None else min(expected, limit)
+    n = format_credits
+    if may_commit > balance:
+        raise CreditsError(
+            Problem(
+                f"this invocation would start {bill.runs} runs expected to cost {n(expected)} credits"
+                f"{_span(bill.range)}, more than the balance of {n(balance)}: nothing was started",
+                hint="top up; or start fewer now with --max-starts N or --max-credits N, narrow the rows with "
+                "a `where`, or split the batch with --shard I/N",
             )
-        n = format_credits
-        emit(Notice(f"credits: {bill.runs} runs to start, {n(expected)} expected; balance {n(balance)}"))
-    return prices
+        )
+    emit(Notice(f"credits: {bill.runs} runs to start, {n(expected)} expected; balance {n(balance)}"))
 
 
 def _span(span: tuple[float, float] | None) -> str:

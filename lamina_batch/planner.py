@@ -668,36 +668,14 @@ def status_report(
                 continue
             counts[rec.state.value] += 1
             if rec.state is RunState.COMPLETED and rec.error_code == DOWNLOAD_FAILED:
-                downloads.append(
-                    FailureEntry(
-                        rec.step_id,
-                        run.item.row_number,
-                        run.item.key,
-                        rec.state,
-                        rec.error,
-                        rec.error_code,
-                        rec.identity,
-                        rec.remote_id,
-                    )
-                )
+                downloads.append(_failure_entry(run, rec))
             cost = rec.credits
             if cost is not None:
                 spent[rec.step_id] = spent.get(rec.step_id, 0.0) + cost
             if verdicts is not None and rec.state is RunState.COMPLETED:
                 reviewed[verdicts.get((rec.identity, max(rec.attempts, 1)), "unreviewed")] += 1
             if rec.state.bad:
-                failures.append(
-                    FailureEntry(
-                        rec.step_id,
-                        run.item.row_number,
-                        run.item.key,
-                        rec.state,
-                        rec.error,
-                        rec.error_code,
-                        rec.identity,
-                        rec.remote_id,
-                    )
-                )
+                failures.append(_failure_entry(run, rec))
     return StatusReport(
         pipeline.name,
         {s: dict(c) for s, c in steps.items()},
@@ -705,6 +683,19 @@ def status_report(
         tuple(downloads),
         spent,
         dict(reviewed),
+    )
+
+
+def _failure_entry(run: PlannedRun, rec: RunRecord) -> FailureEntry:
+    return FailureEntry(
+        rec.step_id,
+        run.item.row_number,
+        run.item.key,
+        rec.state,
+        rec.error,
+        rec.error_code,
+        rec.identity,
+        rec.remote_id,
     )
 
 

@@ -183,3 +183,23 @@ def test_merge_of_overlapping_manifests_names_the_runs_paid_twice_and_keeps_the_
         assert m.known_remote_ids("app_7Hk2") == {"ra", "rb", "rc"}
     again = merge_manifests([dest, c], tmp_path / "again.sqlite")  # the same remote run twice is no overlap
     assert (again.run_more_than_once, again.dropped) == (0, ())
+
+
+def test_merge_keeps_each_sources_earlier_attempts(tmp_path: Path) -> None:
+    """A run redone in one shard keeps its superseded attempt (remote run, cost) in the merged manifest."""
+
+    def a(m: Manifest) -> None:
+        run = make_run(1)
+        m.begin_attempt(run, {"Prompt": "a"}, credits_estimate=4.0)
+        m.set_remote_id(run.identity, "ra1")
+        m.finish(run.identity, RunState.COMPLETED)
+        m.begin_attempt(run, {"Prompt": "b"}, redo=True, credits_estimate=4.0)
+
+    def b(m: Manifest) -> None:
+        m.ensure_planned(make_run(2))
+
+    dest = tmp_path / "all.sqlite"
+    merge_manifests([shard(tmp_path / "a.sqlite", a), shard(tmp_path / "b.sqlite", b)], dest)
+    with Manifest.open(dest, pipeline_name=NAME, writer=False, create=False) as m:
+        past = m.past_attempts("hero-1")["hero-1"]
+    assert [(p.attempt, p.state, p.remote_id) for p in past] == [(1, RunState.COMPLETED, "ra1")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
@@ -200,3 +200,20 @@ def generated_text(app: AppDef, inputs: Mapping[str, Any], label: str) -> str:
     opener = _OPENERS[digest[0] % len(_OPENERS)].format(name=name)
     tone = _TONES.get(str(merged.get("Tone", "")), "designed to do one thing well")
     return f"{opener}: {tone}."
+
+
+def list_apps(apps: Iterable[AppDef], query: Mapping[str, str]) -> tuple[list[dict[str, Any]], str | None]:
+    """`GET /v1/apps`: the app summaries matching `search`, at most `limit`; or the problem with the query."""
+    found = list(apps)
+    q = query.get("search", "").strip().lower()
+    if q:
+        found = [a for a in found if q in f"{a.app_id} {a.name} {a.description or ''}".lower()]
+    if "limit" in query:
+        try:
+            limit = int(query["limit"])
+        except ValueError:
+            limit = 0
+        if limit < 1:
+            return [], "limit must be a positive integer"
+        found = found[:limit]
+    return [app_summary(a) for a in found], None

@@ -8,6 +8,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import heapq
+import itertools
 import json
 import os
 import random
@@ -20,11 +21,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from lamina_batch.emulator.balance import ESTIMATE_FAULTS, Balance
 from lamina_batch.emulator.catalogue import (
     app_detail,
-    app_summary,
-    estimate_body,
     has_fail_marker,
+    list_apps,
     validate_start_body,
 )
 from lamina_batch.emulator.config import AppDef, EmulatorConfig, Faults
@@ -58,7 +59,7 @@ class EmulatorCore:
         self.outage = False
         self.outage_drop = config.outage_drop
         self.base_url = ""
-        self.credits_remaining = config.credits
+        self.balance = Balance(config.credits)
         self.oauth = OAuthServer(config.oauth, self.stats.oauth) if config.oauth is not None else None
         self._rng = random.Random(f"{config.seed}/runs")
         self._journal = Journal(config.state_file) if config.state_file is not None else None
@@ -69,14 +70,13 @@ class EmulatorCore:
         self._ends: list[tuple[float, str]] = []
         rate = config.rate_limit
         self._rates = RateWindows(rate, config.rate_window) if rate is not None else None
-        self._req_counter = 0
+        self._request_ids = (f"req_{config.seed:x}_{n:06x}" for n in itertools.count(1))
         self._server: HttpServer | None = None
         self._webhooks = WebhookSender(config, self.keyring, self.stats, self._fault_rng)
         self._loop: asyncio.AbstractEventLoop | None = None
         # Test-only controls, set through `Emulator` methods in the same process; no request can reach them.
         self.start_hook: Callable[[str, dict[str, Any]], None] | None = None
         self.result_hook: Callable[[str], None] | None = None
-        self.estimate_fault: str | None = None  # test-only: "500" or "malformed" estimate replies
         self.kill_at: list[int] | None = None  # [pid, runs still to be created before the kill]
         if self._journal is not None:
             self._reload(self._journal)
@@ -137,15 +137,6 @@ class EmulatorCore:
     def run_ids(self) -> list[str]:
         return [r.id for r in list(self._order)]
 
-    def top_up(self, credits: float) -> float:
-        """Add to a finite balance (as a user buying credits would); returns the new balance."""
-        if not credits > 0:
-            raise ValueError(f"a top-up must be a positive number of credits, got {credits!r}")
-        if self.credits_remaining is None:
-            raise ValueError("this emulator's balance is unlimited (credits: null): there is nothing to top up")
-        self.credits_remaining += credits
-        return self.credits_remaining
-
     # ---- request handling ------------------------------------------------------------------------
 
     def _error(
@@ -159,13 +150,10 @@ class EmulatorCore:
         retry_after: int | None = None,
         details: Any = None,
     ) -> Reply:
-        self._req_counter += 1
-        request_id = f"req_{self.config.seed:x}_{self._req_counter:06x}"
         body, extra = error_body(
-            code, message, request_id, retryable=retryable, retry_after=retry_after, details=details
+            code, message, next(self._request_ids), retryable=retryable, retry_after=retry_after, details=details
         )
-        headers = (*headers, *extra)
-        return json_reply(status, body, headers)
+        return json_reply(status, body, (*headers, *extra))
 
     def _logged(self, req: Request, reply: Reply) -> Reply:
         self.stats._log(RequestLogEntry(time.time(), req.method, req.path, reply.status, reply.drop))
@@ -288,19 +276,10 @@ class EmulatorCore:
     # ---- endpoints -------------------------------------------------------------------------------
 
     def _list_apps(self, req: Request, h: tuple[tuple[str, str], ...]) -> Reply:
-        apps = list(self.apps.values())
-        q = req.query.get("search", "").strip().lower()
-        if q:
-            apps = [a for a in apps if q in f"{a.app_id} {a.name} {a.description or ''}".lower()]
-        if "limit" in req.query:
-            try:
-                limit = int(req.query["limit"])
-                if limit < 1:
-                    raise ValueError
-            except ValueError:
-                return self._validation("limit must be a positive integer", [], h)
-            apps = apps[:limit]
-        return json_reply(200, {"data": [app_summary(a) for a in apps]}, h)
+        data, problem = list_apps(self.apps.values(), req.query)
+        if problem is not None:
+            return self._validation(problem, [], h)
+        return json_reply(200, {"data": data}, h)
 
     def _validation(self, message: str, details: list[dict[str, str]], h: tuple[tuple[str, str], ...]) -> Reply:
         return self._error(400, "VALIDATION_ERROR", message, headers=h, details=details or None)
@@ -330,16 +309,10 @@ class EmulatorCore:
             return self._validation(f"Invalid inputs for {app.name}", problems, h)
         if self.start_hook is not None:
             self.start_hook(app.app_id, inputs)
-        if self.credits_remaining is not None:
-            if self.credits_remaining < app.credits:
-                self.stats.insufficient_credits += 1
-                return self._error(
-                    402,
-                    "INSUFFICIENT_CREDITS",
-                    f"Insufficient credits: this run needs {app.credits:g}, {self.credits_remaining:g} left",
-                    headers=h,
-                )
-            self.credits_remaining -= app.credits
+        refused = self.balance.charge(app)
+        if refused is not None:
+            self.stats.insufficient_credits += 1
+            return self._error(402, "INSUFFICIENT_CREDITS", refused, headers=h)
         run = self._create(app, inputs, labels, webhook, id_field)
         self._kill_if_armed()
         faults = self.faults
@@ -473,12 +446,11 @@ class EmulatorCore:
         _, _, problems = validate_start_body(app, body, inputs_required=False)
         if problems:
             return self._validation(f"Invalid inputs for {app.name}", problems, h)
-        if self.estimate_fault == "500":
+        data = self.balance.estimate(app)
+        if data is None:
             return self._error(500, "INTERNAL_ERROR", "Estimate failed", headers=h)
-        if self.estimate_fault == "malformed":
-            return json_reply(200, {"data": {"appId": app.app_id, "estimatedCredits": "soon"}}, h)
         self.stats.estimates_served += 1
-        return json_reply(200, {"data": estimate_body(app, self.credits_remaining)}, h)
+        return json_reply(200, {"data": data}, h)
 
     def _list_runs(self, req: Request, h: tuple[tuple[str, str], ...]) -> Reply:
         body, problems = list_runs(self._order, req.query, time.time())
@@ -538,7 +510,7 @@ class Emulator:
 
     @property
     def credits_remaining(self) -> float | None:
-        return self._core.credits_remaining
+        return self._core.balance.remaining
 
     def banner(self) -> str:
         return banner(self.base_url, self.key)
@@ -642,24 +614,24 @@ class Emulator:
     def fail_estimates(self, fault: str | None) -> None:
         """Test-only: answer every estimate with `fault`: "500" (INTERNAL_ERROR) or "malformed" (200 without an
         expected figure); None answers them again."""
-        if fault not in (None, "500", "malformed"):
+        if fault is not None and fault not in ESTIMATE_FAULTS:
             raise ValueError(f"unknown estimate fault {fault!r}")
 
         def change() -> None:
-            self._core.estimate_fault = fault
+            self._core.balance.estimate_fault = fault
 
         self._on_loop(change)
 
     def top_up(self, credits: float) -> float:
         """Add `credits` to the balance, between requests; returns the new balance (tests: "insufficient credits
         mid-batch, then top up and resume"). ValueError when the balance is unlimited or `credits` <= 0."""
-        return self._on_loop(lambda: self._core.top_up(credits))
+        return self._on_loop(lambda: self._core.balance.top_up(credits))
 
     def set_credits(self, balance: float | None) -> None:
         """Set the balance outright (None: unlimited)."""
 
         def change() -> None:
-            self._core.credits_remaining = balance
+            self._core.balance.remaining = balance
 
         self._on_loop(change)
 

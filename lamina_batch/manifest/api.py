@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,16 @@ from lamina_batch.times import utcnow_iso
 from . import files
 from .commit import Durability
 from .reads import Reader
-from .records import SELECT_POSITION, detail_of, dumps, insert_run, loads, outputs_json, plan_values, refresh_position
+from .records import (
+    SELECT_POSITION,
+    detail_of,
+    dumps,
+    insert_run,
+    outputs_json,
+    plan_values,
+    refresh_position,
+    submitting_record,
+)
 from .schema import SCHEMA_VERSION
 from .store import Clock
 
@@ -145,52 +155,53 @@ class Manifest(Reader):
                 )
                 self._move(c, run.identity, None, RunState.SUBMITTING, at=now, detail="attempt 1")
             else:
-                old = RunState(row[0])
-                if old is RunState.RUNNING or (old is RunState.COMPLETED and not redo):
-                    raise IllegalTransitionError(
-                        f"{self._path}: refusing to start run {run.identity} again: it is {old.value}"
-                        + (f" as remote run {row[1]}" if row[1] else "")
-                    )
                 attempts, created = int(row[2]) + 1, row[3]
-                if old in _ARCHIVED and attempts > 1:
-                    moved = None if archived_downloads is None else _downloads_json(archived_downloads)
-                    c.execute(_ARCHIVE, (moved, now, run.identity))
-                # indexed columns are left alone unless they changed: each index entry rewritten costs WAL pages
-                values = (
-                    attempts,
-                    now,
-                    inputs_json,
-                    plan["output_labels_json"],
-                    plan["needs_json"],
-                    upstream_json,
-                    credits_estimate,
-                )
-                detail = f"attempt {attempts}"
-                self._move(
-                    c, run.identity, old, RunState.SUBMITTING, at=now, detail=detail, assignments=_BEGIN, values=values
-                )
-                refresh_position(c, run.identity, plan, c.execute(SELECT_POSITION, (run.identity,)).fetchone())
+                self._next_attempt(c, run, RunState(row[0]), row[1], attempts, now, values=(inputs_json, plan),
+                                   redo=redo, upstream_json=upstream_json, archived_downloads=archived_downloads,
+                                   credits_estimate=credits_estimate)  # fmt: skip
         # Built from what was just written rather than read back: this is on the one-start-per-app path.
-        return RunRecord(
-            identity=run.identity,
-            step_id=plan["step_id"],
-            app_id=plan["app_id"],
-            row_number=plan["row_number"],
-            row_key=plan["row_key"],
-            item_id=plan["item_id"],
-            row=loads(plan["row_json"]),
-            axes=loads(plan["axes_json"]),
-            inputs=loads(inputs_json),
-            output_labels=tuple(run.output_labels) if run.output_labels is not None else None,
-            needs=loads(plan["needs_json"]),
-            state=RunState.SUBMITTING,
+        return submitting_record(
+            run,
+            plan,
+            inputs_json,
             attempts=attempts,
-            created_at=created,
-            updated_at=now,
-            submitted_at=now,
+            created=created,
+            now=now,
             credits_estimate=credits_estimate,
-            upstream_attempts=dict(upstream_attempts or {}),
+            upstream_attempts=upstream_attempts,
         )
+
+    def _next_attempt(
+        self,
+        c: sqlite3.Connection,
+        run: PlannedRun,
+        old: RunState,
+        remote_id: str | None,
+        attempts: int,
+        now: str,
+        *,
+        values: tuple[str, Mapping[str, Any]],
+        redo: bool,
+        upstream_json: str,
+        archived_downloads: Sequence[DownloadRecord] | None,
+        credits_estimate: float | None,
+    ) -> None:
+        """An existing run -> submitting at `attempts`: refused when running, or completed without `redo`; an
+        attempt that ended is first archived in `attempts`."""
+        inputs_json, plan = values
+        if old is RunState.RUNNING or (old is RunState.COMPLETED and not redo):
+            raise IllegalTransitionError(
+                f"{self._path}: refusing to start run {run.identity} again: it is {old.value}"
+                + (f" as remote run {remote_id}" if remote_id else "")
+            )
+        if old in _ARCHIVED and attempts > 1:
+            moved = None if archived_downloads is None else _downloads_json(archived_downloads)
+            c.execute(_ARCHIVE, (moved, now, run.identity))
+        # indexed columns are left alone unless they changed: each index entry rewritten costs WAL pages
+        assigned = (attempts, now, inputs_json, plan["output_labels_json"], plan["needs_json"], upstream_json)
+        self._move(c, run.identity, old, RunState.SUBMITTING, at=now, detail=f"attempt {attempts}",
+                   assignments=_BEGIN, values=(*assigned, credits_estimate))  # fmt: skip
+        refresh_position(c, run.identity, plan, c.execute(SELECT_POSITION, (run.identity,)).fetchone())
 
     def set_remote_id(
         self,

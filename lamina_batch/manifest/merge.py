@@ -131,27 +131,9 @@ def _build_merge(sources: Sequence[Manifest], dest: Path, name: str | None) -> M
             conn.execute("BEGIN IMMEDIATE")
             for index, src in enumerate(sources):
                 with src._read() as s:
-                    total += s.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
-                    conn.executemany(
-                        f"INSERT INTO temp.seen VALUES (?, ?, ?, {index})",  # noqa: S608
-                        s.execute("SELECT identity, remote_id, state FROM runs WHERE remote_id IS NOT NULL"),
-                    )
-                    conn.executemany(_MERGE_UPSERT, s.execute(SELECT_RUNS + " ORDER BY row_number, rowid"))
-                    before = conn.total_changes
-                    conn.executemany(
-                        _MERGE_TRANSITIONS,
-                        s.execute("SELECT identity, from_state, to_state, at, detail FROM transitions ORDER BY id"),
-                    )
-                    transitions += conn.total_changes - before
-                    conn.executemany(
-                        "INSERT OR IGNORE INTO remote_ids (remote_id, identity, app_id, at) VALUES (?, ?, ?, ?)",
-                        s.execute("SELECT remote_id, identity, app_id, at FROM remote_ids"),
-                    )
-                    conn.executemany(
-                        "INSERT OR IGNORE INTO webhooks (request_id, run_id, status, received_at) VALUES (?, ?, ?, ?)",
-                        s.execute("SELECT request_id, run_id, status, received_at FROM webhooks"),
-                    )
-                    copy_verdicts(s, conn)
+                    runs_in, moves = _copy_source(s, conn, index)
+                total += runs_in
+                transitions += moves
             more_than_once, dropped = _overlaps(conn, [str(m.path) for m in sources])
             transitions += len(dropped)
             conn.execute(
@@ -177,6 +159,43 @@ def _build_merge(sources: Sequence[Manifest], dest: Path, name: str | None) -> M
         run_more_than_once=more_than_once,
         dropped=dropped,
     )
+
+
+def _copy_source(s: sqlite3.Connection, conn: sqlite3.Connection, index: int) -> tuple[int, int]:
+    """One source's rows into the merge being built: (its runs, the transitions added)."""
+    total = s.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+    conn.executemany(
+        f"INSERT INTO temp.seen VALUES (?, ?, ?, {index})",  # noqa: S608
+        s.execute("SELECT identity, remote_id, state FROM runs WHERE remote_id IS NOT NULL"),
+    )
+    conn.executemany(_MERGE_UPSERT, s.execute(SELECT_RUNS + " ORDER BY row_number, rowid"))
+    before = conn.total_changes
+    conn.executemany(
+        _MERGE_TRANSITIONS,
+        s.execute("SELECT identity, from_state, to_state, at, detail FROM transitions ORDER BY id"),
+    )
+    transitions = conn.total_changes - before
+    conn.executemany(
+        "INSERT OR IGNORE INTO remote_ids (remote_id, identity, app_id, at) VALUES (?, ?, ?, ?)",
+        s.execute("SELECT remote_id, identity, app_id, at FROM remote_ids"),
+    )
+    conn.executemany(
+        "INSERT OR IGNORE INTO webhooks (request_id, run_id, status, received_at) VALUES (?, ?, ?, ?)",
+        s.execute("SELECT request_id, run_id, status, received_at FROM webhooks"),
+    )
+    # earlier attempts (kept on a redo or a retry): the same identity and attempt in two sources is one attempt
+    conn.executemany(
+        f"INSERT OR IGNORE INTO attempts ({_ATTEMPT_COLUMNS}) VALUES ({', '.join('?' * 13)})",  # noqa: S608
+        s.execute(f"SELECT {_ATTEMPT_COLUMNS} FROM attempts"),  # noqa: S608
+    )
+    copy_verdicts(s, conn)
+    return total, transitions
+
+
+_ATTEMPT_COLUMNS = (
+    "identity, attempt, state, remote_id, inputs_json, outputs_json, downloads_json, error, error_code, credits, "
+    "submitted_at, finished_at, archived_at"
+)
 
 
 def _overlaps(conn: sqlite3.Connection, paths: Sequence[str]) -> tuple[int, tuple[DroppedRun, ...]]:

@@ -184,3 +184,38 @@ def detail_of(error_code: str | None, error: str | None) -> str | None:
     """A transition's detail for an error: `CODE: message`, capped."""
     text = ": ".join(x for x in (error_code, error) if x)
     return text[:500] or None
+
+
+def submitting_record(
+    run: PlannedRun,
+    plan: Mapping[str, Any],
+    inputs_json: str,
+    *,
+    attempts: int,
+    created: str,
+    now: str,
+    credits_estimate: float | None,
+    upstream_attempts: Mapping[str, int] | None,
+) -> RunRecord:
+    """The record of a run just moved to submitting, built from what was written (no read back: this is on the
+    one-start-per-app path)."""
+    return RunRecord(
+        identity=run.identity,
+        step_id=plan["step_id"],
+        app_id=plan["app_id"],
+        row_number=plan["row_number"],
+        row_key=plan["row_key"],
+        item_id=plan["item_id"],
+        row=loads(plan["row_json"]),
+        axes=loads(plan["axes_json"]),
+        inputs=loads(inputs_json),
+        output_labels=tuple(run.output_labels) if run.output_labels is not None else None,
+        needs=loads(plan["needs_json"]),
+        state=RunState.SUBMITTING,
+        attempts=attempts,
+        created_at=created,
+        updated_at=now,
+        submitted_at=now,
+        credits_estimate=credits_estimate,
+        upstream_attempts=dict(upstream_attempts or {}),
+    )
