@@ -188,16 +188,16 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_csv_one_line_per_item_with_step_columns(tmp_path: Path) -> None:
-    """CSV: row columns, axes, then per step status/output/file/run_id/verdict/error/credits, one line per item."""
+    """CSV: row columns, axes, then per step status/output/file/run_id/credits/verdict/error, one line per item."""
     out = tmp_path / "results.csv"
     write_csv(data(one_shot(mixed_records()), tmp_path), out)
     with out.open(newline="", encoding="utf-8") as fh:
         header = next(csv.reader(fh))
     assert header == [
         "sku", "name", "colour", "aspect",
-        "hero.status", "hero.output", "hero.file", "hero.run_id", "hero.verdict", "hero.error", "hero.credits",
-        "banner.status", "banner.output", "banner.file", "banner.run_id", "banner.verdict", "banner.error",
-        "banner.credits",
+        "hero.status", "hero.output", "hero.file", "hero.run_id", "hero.credits", "hero.verdict", "hero.error",
+        "banner.status", "banner.output", "banner.file", "banner.run_id", "banner.credits", "banner.verdict",
+        "banner.error",
     ]  # fmt: skip
     rows = read_csv(out)
     assert len(rows) == 6

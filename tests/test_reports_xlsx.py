@@ -102,7 +102,7 @@ def by_header(ws: Any, row: int) -> dict[str, Any]:
 
 def test_rows_come_back_as_text_with_step_columns(tmp_path: Path) -> None:
     """Row cells are text cells holding exactly the input (leading zeros, 20 digits, dates, '=...' and '+...'
-    are not numbers or formulas), then per step status, output, file, credits, run id, verdict and error."""
+    are not numbers or formulas), then per step status, output, file, run id, credits, verdict and error."""
     out = tmp_path / "results.xlsx"
     write_xlsx(data(iter(records()), tmp_path), out)
     ws, _ = open_results(out)

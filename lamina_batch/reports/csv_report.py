@@ -22,7 +22,8 @@ from lamina_batch.reports.common import (
 )
 from lamina_batch.verdicts import Verdict
 
-STEP_COLUMNS = ("status", "output", "file", "run_id", "verdict", "error", "credits")
+# the order DESIGN §4 gives: status, output value/URL, downloaded file, run id, credits, verdict, error
+STEP_COLUMNS = ("status", "output", "file", "run_id", "credits", "verdict", "error")
 MULTI_SEPARATOR = " | "
 # A spreadsheet evaluates a cell starting with one of these as a formula (OWASP "CSV injection").
 _FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -50,9 +51,9 @@ def _step_cells(rec: RunRecord | None, verdicts: Mapping[tuple[str, int], Verdic
         MULTI_SEPARATOR.join(output_text(o.value) for o in rec.outputs if o.value is not None),
         MULTI_SEPARATOR.join(d.path for d in rec.downloads),
         rec.remote_id or "",
+        credits_text(rec.credits),
         verdict.verdict if verdict is not None else "",
         error_text(rec),
-        credits_text(rec.credits),
     ]
 
 

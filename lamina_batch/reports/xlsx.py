@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["EXTRA_HINT", "STEP_COLUMNS", "image_size", "require_writer", "run_credits", "write_xlsx"]
 
 EXTRA_HINT = 'install the extra: pip install "lamina-batch[excel]"'
-STEP_COLUMNS = ("status", "output", "file", "credits", "run_id", "verdict", "error")
+STEP_COLUMNS = ("status", "output", "file", "run_id", "credits", "verdict", "error")  # as the CSV report
 MULTI_SEPARATOR = " | "
 RESULTS_SHEET = "Results"
 SUMMARY_SHEET = "Summary"
@@ -176,10 +176,10 @@ def _step_cells(sheet: _Sheet, col: int, rec: RunRecord | None) -> None:
     else:
         sheet.text(col + 1, shown)
     sheet.file_link(col + 2, rec.downloads)
+    sheet.text(col + 3, rec.remote_id or "")
     credits = run_credits(rec)
     if credits is not None:
-        sheet.sheet.write_number(sheet.row, col + 3, credits)
-    sheet.text(col + 4, rec.remote_id or "")
+        sheet.sheet.write_number(sheet.row, col + 4, credits)
     verdict = verdict_of(sheet.data, rec)
     sheet.text(col + 5, verdict.verdict if verdict is not None else "")
     sheet.text(col + 6, error_text(rec))
