@@ -141,7 +141,7 @@ def status(pipeline: PipelineSource, options: BatchOptions | None = None) -> Sta
     options = options or BatchOptions()
     loaded = load_for(pipeline, options)
     if not loaded.manifest.exists():
-        raise _no_manifest_yet(loaded, pipeline, options)
+        raise no_manifest_yet(loaded, pipeline, options)
     loaded = fetch_for_invocation(loaded)  # status plans the runs again: it reads the sheet
     from .verdicts import VerdictStore
 
@@ -195,7 +195,7 @@ def report(
     options = options or BatchOptions()
     loaded = load_for(pipeline, options)
     if not loaded.manifest.exists():
-        raise _no_manifest_yet(loaded, pipeline, options)
+        raise no_manifest_yet(loaded, pipeline, options)
     with Manifest.open(loaded.manifest, pipeline_name=loaded.name, writer=False) as manifest:
         files = Path(options.output_dir).resolve() if options.output_dir is not None else recorded_folder(manifest)
         base = files or loaded.path.parent.resolve()
@@ -263,7 +263,7 @@ def _ignore(event: Event) -> None:
     """No one is watching."""
 
 
-def _no_manifest_yet(loaded: Pipeline, pipeline: PipelineSource, options: BatchOptions) -> ManifestError:
+def no_manifest_yet(loaded: Pipeline, pipeline: PipelineSource, options: BatchOptions) -> ManifestError:
     """No manifest where this command looks: point at the `--emulator` one when only a try on the emulator ran."""
     from .options import emulator_manifest_path
 

@@ -67,8 +67,8 @@ def test_an_old_manifest_is_adopted_once_with_a_note(tmp_path: Path, make_emulat
 
 def test_emulator_runs_keep_their_own_manifest_and_files(tmp_path: Path, emulator: Emulator) -> None:
     """`--emulator` writes `<stem>.emulator.lamina.sqlite` and files under `lamina-emulator/`; the real run's
-    default manifest and `out/` are untouched (status/report without --emulator say to add it), and a real run
-    afterwards starts its own runs."""
+    default manifest and `out/` are untouched (status/report/review without --emulator say to add it), and a real
+    run afterwards starts its own runs."""
     pipeline = write_pipeline(tmp_path, 2, banner=False, download=True)
     env = cli_env(emulator)
     tried = subprocess.run(
@@ -84,7 +84,7 @@ def test_emulator_runs_keep_their_own_manifest_and_files(tmp_path: Path, emulato
     assert len(list((tmp_path / "lamina-emulator" / "out").rglob("*.png"))) == 2
     assert not manifest_path(pipeline).exists()
     assert not (tmp_path / "out").exists()
-    for command in (["status"], ["report", "--format", "csv", "-o", str(tmp_path / "r.csv")]):
+    for command in (["status"], ["report", "--format", "csv", "-o", str(tmp_path / "r.csv")], ["review", "--list"]):
         # only the emulator's manifest exists: the reading commands say to add --emulator
         looked = subprocess.run(
             [sys.executable, "-m", "lamina_batch", *command[:1], str(pipeline), *command[1:]],

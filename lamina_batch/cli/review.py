@@ -42,7 +42,12 @@ def register(commands: Commands) -> None:
 def cmd_review(args: argparse.Namespace, out: Out) -> int:
     from lamina_batch.options import BatchOptions, load_for
 
-    pipeline = load_for(args.pipeline, BatchOptions(manifest=args.manifest, emulator=args.emulator))
+    options = BatchOptions(manifest=args.manifest, emulator=args.emulator)
+    pipeline = load_for(args.pipeline, options)
+    if not pipeline.manifest.exists():
+        from lamina_batch.operations import no_manifest_yet
+
+        raise no_manifest_yet(pipeline, args.pipeline, options)
     if args.note is not None and args.approve is None and args.reject is None:
         raise UsageError("--note goes with --approve or --reject")
     if args.json and not args.list:
