@@ -216,7 +216,9 @@ def _prepare(source: PipelineSource, options: BatchOptions) -> _Prepared:
             [dataclasses.replace(w, hint="or pass allow_empty (--allow-empty)") for w in summary.warnings]
         )
     output_dir = output_dir_for(pipeline, options)
-    subset = subset_text(summary.selected_items, summary.items) if selection is not None else None
+    subset = (
+        subset_text(summary.selected_items, summary.items, selection, summary.rows) if selection is not None else None
+    )
     return _Prepared(pipeline, digest, shard, output_dir, selection, subset)
 
 

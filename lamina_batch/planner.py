@@ -380,7 +380,7 @@ def plan_against_manifest(
         shard=shard,
         has_manifest=manifest is not None,
         starts=dict(starts.by_step),
-        subset=None if selection is None else subset_text(tally.selected_items, tally.items),
+        subset=None if selection is None else subset_text(tally.selected_items, tally.items, selection, tally.rows),
     )
 
 

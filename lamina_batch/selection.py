@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from lamina_batch.errors import ConfigError, Problem
 
-__all__ = ["Picker", "Selection", "Tally", "parse_rows", "subset_text"]
+__all__ = ["Picker", "Selection", "Tally", "parse_rows", "rows_note", "subset_text"]
 
 _RANGE = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 
@@ -101,6 +101,18 @@ class Picker:
         return True
 
 
-def subset_text(selected: int, items: int) -> str:
-    """`5 of 600 items`: what a --rows/--limit subset picked of the whole batch, for a summary line."""
-    return f"{selected} of {items} item{'s' if items != 1 else ''}"
+def subset_text(selected: int, items: int, selection: Selection | None = None, rows: int | None = None) -> str:
+    """`5 of 600 items`: what a --rows/--limit subset picked of the whole batch, for a summary line; with the
+    `selection` and the sheet's `rows`, it also says when `--rows` asked for rows past the last one (`rows_note`)."""
+    text = f"{selected} of {items} item{'s' if items != 1 else ''}"
+    note = rows_note(selection, rows)
+    return text if note is None else f"{text}; {note}"
+
+
+def rows_note(selection: Selection | None, rows: int | None) -> str | None:
+    """`there are 25 data rows, so --rows past 25 picks nothing` when `--rows` names a row past the last (a typo,
+    usually); None otherwise."""
+    if selection is None or not selection.rows or rows is None or max(b for _, b in selection.rows) <= rows:
+        return None
+    there = f"there is {rows} data row" if rows == 1 else f"there are {rows} data rows"
+    return f"{there}, so --rows past {rows} picks nothing"

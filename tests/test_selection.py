@@ -61,6 +61,23 @@ def test_subset_text_counts_items() -> None:
     """The summary wording: '5 of 600 items'."""
     assert subset_text(5, 600) == "5 of 600 items"
     assert subset_text(1, 1) == "1 of 1 item"
+    assert subset_text(1, 4, Selection.parse("2"), 4) == "1 of 4 items"
+    assert subset_text(0, 4, Selection.parse("2,9-12"), 4) == (
+        "0 of 4 items; there are 4 data rows, so --rows past 4 picks nothing"
+    )
+    assert subset_text(0, 4, Selection.parse(None, 3), 4) == "0 of 4 items"  # --limit past the end is no typo
+
+
+def test_rows_past_the_last_are_named_by_validate_plan_and_run(tmp_path: Path, emulator: Emulator) -> None:
+    """`--rows` past the sheet's last data row says so in validate's, plan's and run's summaries (exit 0)."""
+    pipeline = write_pipeline(tmp_path, 4)
+    for command in ("validate", "plan"):
+        res = cli(command, str(pipeline), "--rows", "3-9")
+        assert res.returncode == 0, res.stderr
+        assert "there are 4 data rows, so --rows past 4 picks nothing" in res.stdout
+    res = run_cli(pipeline, cli_env(emulator), "--rows", "40")
+    assert res.returncode == 0, res.stderr
+    assert "a subset: 0 of 4 items; there are 4 data rows" in res.stdout
 
 
 def test_subset_run_then_full_run_reuses_the_subset(tmp_path: Path, emulator: Emulator) -> None:

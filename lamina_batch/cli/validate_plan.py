@@ -85,9 +85,11 @@ def _subset(args: argparse.Namespace, summary: ValidationSummary) -> str:
     """`; a subset: 5 of 600 items, 10 runs` when --rows/--limit picked part of the batch."""
     if getattr(args, "rows", None) is None and getattr(args, "limit", None) is None:
         return ""
-    from lamina_batch.selection import subset_text
+    from lamina_batch.selection import Selection, rows_note, subset_text
 
-    return f"; a subset: {subset_text(summary.selected_items, summary.items)}, {summary.selected_runs} runs"
+    note = rows_note(Selection.parse(args.rows, args.limit), summary.rows)
+    picked = f"; a subset: {subset_text(summary.selected_items, summary.items)}, {summary.selected_runs} runs"
+    return picked if note is None else f"{picked}; {note}"
 
 
 def cmd_plan(args: argparse.Namespace, out: Out) -> int:
