@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from lamina_batch.crash import crashpoint
@@ -41,18 +42,14 @@ __all__ = ["Redo", "Reservation", "StartLedger", "Starter", "apply_vary"]
 Archive = Callable[[], Sequence[DownloadRecord] | None]
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Redo:
     """What a start carries besides the run: a redo of a completed run (`redo`), the upstream attempts it
     consumes (step id -> attempt, recorded with the intent) and how to archive the attempt it supersedes."""
 
-    __slots__ = ("archive", "redo", "upstream_attempts")
-
-    def __init__(
-        self, *, redo: bool = False, upstream_attempts: Mapping[str, int] | None = None, archive: Archive | None = None
-    ) -> None:
-        self.redo = redo
-        self.upstream_attempts = upstream_attempts
-        self.archive = archive
+    redo: bool = False
+    upstream_attempts: Mapping[str, int] | None = None
+    archive: Archive | None = None
 
 
 def apply_vary(inputs: Mapping[str, Any], vary: Mapping[str, Any], app: AppInfo | None = None) -> dict[str, Any]:
