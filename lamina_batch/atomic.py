@@ -39,21 +39,20 @@ def fsync_dir(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_text_writer(out: Path, *, newline: str | None = None) -> Iterator[IO[str]]:
-    """Write `out` through a temp file beside it: flushed, fsynced and renamed over `out` only on success.
-
-    On any exception the temp file is removed and `out` is left as it was.
+def atomic_path(out: Path, *, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path beside `out` for the caller (or a library such as XlsxWriter) to write by name: fsynced
+    and renamed over `out` only when the block succeeds; on any exception it is removed and `out` is left as it was.
     """
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=suffix, dir=out.parent)
     tmp = Path(tmp_name)
     try:
         # mkstemp makes the file private (0600); the result should have the mode a plain open() would give
         # (a report or a scaffolded pipeline is read by other tools, a web server, the CI artifact uploader).
         os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as fh:
-            yield fh
-            fh.flush()
+        os.close(fd)
+        yield tmp
+        with tmp.open("rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, out)
     except BaseException:
@@ -61,6 +60,13 @@ def atomic_text_writer(out: Path, *, newline: str | None = None) -> Iterator[IO[
             tmp.unlink()
         raise
     fsync_dir(out.parent)
+
+
+@contextlib.contextmanager
+def atomic_text_writer(out: Path, *, newline: str | None = None) -> Iterator[IO[str]]:
+    """Write `out` as UTF-8 text through `atomic_path`: the whole new file or the old one, never a torn one."""
+    with atomic_path(out) as tmp, tmp.open("w", encoding="utf-8", newline=newline) as fh:
+        yield fh
 
 
 def write_text_atomic(out: Path, text: str) -> None:

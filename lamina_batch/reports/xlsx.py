@@ -5,17 +5,15 @@ sheet. Written with XlsxWriter (the `excel` extra), streaming rows in its consta
 
 from __future__ import annotations
 
-import contextlib
 import os
 import posixpath
 import struct
-import tempfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lamina_batch.atomic import fsync_dir
+from lamina_batch.atomic import atomic_path
 from lamina_batch.errors import ConfigError, Problem
 from lamina_batch.models import DownloadRecord, RunRecord, RunState
 from lamina_batch.reports.common import (
@@ -29,6 +27,7 @@ from lamina_batch.reports.common import (
     output_text,
     verdict_of,
 )
+from lamina_batch.rows import column_letter
 
 if TYPE_CHECKING:
     from xlsxwriter.workbook import Workbook
@@ -185,26 +184,6 @@ def _step_cells(sheet: _Sheet, col: int, rec: RunRecord | None) -> None:
     sheet.text(col + 6, error_text(rec))
 
 
-@contextlib.contextmanager
-def _atomic_path(out: Path) -> Iterator[Path]:
-    """A temporary path beside `out`, renamed over it (fsynced) only when the block succeeds."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.xlsx", dir=out.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        with tmp.open("rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    fsync_dir(out.parent)
-
-
 def write_xlsx(data: ReportInput, out: Path, *, max_links: int = MAX_LINKS) -> None:
     """Write the results workbook to `out` (atomically), with a thumbnail column per step when
     `data.thumbnails`; at most `max_links` real hyperlinks (Excel's own limit), HYPERLINK() formulas after
@@ -212,7 +191,7 @@ def write_xlsx(data: ReportInput, out: Path, *, max_links: int = MAX_LINKS) -> N
     require_writer()
     import xlsxwriter
 
-    with _atomic_path(Path(out)) as tmp:
+    with atomic_path(Path(out), suffix=".tmp.xlsx") as tmp:
         book = xlsxwriter.Workbook(
             str(tmp),
             {
@@ -319,7 +298,7 @@ def _write_summary(
     for col in range(1, len(names)):
         if col == len(names) - 1 and not credits:
             continue
-        letter = _column_letter(col)
+        letter = column_letter(col)
         value: float
         if col == 1:
             value = sum(sum(c.values()) for c in counts.values())
@@ -330,12 +309,3 @@ def _write_summary(
         # a formula (with its value cached) so the total follows an edit in the sheet
         sheet.write_formula(total, col, f"=SUM({letter}2:{letter}{total})", bold, value)
     sheet.freeze_panes(1, 1)
-
-
-def _column_letter(col: int) -> str:
-    letters = ""
-    col += 1
-    while col:
-        col, rem = divmod(col - 1, 26)
-        letters = chr(65 + rem) + letters
-    return letters
