@@ -4,10 +4,11 @@ exactly the rejected runs and their downstream runs, keeping the earlier files a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -23,6 +24,24 @@ def cli(env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.Comp
     return subprocess.run(
         [sys.executable, "-m", "lamina_batch", *args], env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+@contextlib.contextmanager
+def served(env: dict[str, str], pipeline: Path, *flags: str) -> Iterator[str]:
+    """`review PIPELINE` as a process for the block: its URL (the first line it prints, without the slash)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lamina_batch", "review", str(pipeline), *flags],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().strip().rstrip("/")
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
 
 
 @pytest.fixture
@@ -110,22 +129,10 @@ def test_serve_prints_the_url_first_and_refuses_a_remote_host(done: tuple[Path, 
     refused = cli(env, "review", str(pipeline), "--host", "0.0.0.0")
     assert refused.returncode == 2
     assert "--allow-remote" in refused.stderr
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lamina_batch", "review", str(pipeline)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
+    with served(env, pipeline) as url:
         assert url.startswith("http://127.0.0.1:")
-        items = httpx.get(url.rstrip("/") + "/api/items", timeout=10).json()["items"]
+        items = httpx.get(url + "/api/items", timeout=10).json()["items"]
         assert len(items) == 3
-    finally:
-        proc.kill()
-        proc.communicate(timeout=30)
 
 
 def test_redo_rejected_starts_the_rejected_runs_and_their_downstream(
@@ -235,22 +242,10 @@ def test_served_images_come_from_the_folder_the_run_wrote_to(
     assert not (pipeline.parent / "out").exists()
 
     def first_image(*flags: str) -> int:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "lamina_batch", "review", str(pipeline), *flags],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert proc.stdout is not None
-            url = proc.stdout.readline().strip().rstrip("/")
+        with served(env, pipeline, *flags) as url:
             items = httpx.get(url + "/api/items", timeout=10).json()["items"]
             src = items[0]["runs"][0]["images"][0]["src"]
             return httpx.get(url + src, timeout=10).status_code
-        finally:
-            proc.kill()
-            proc.communicate(timeout=30)
 
     assert first_image() == 200
     assert first_image("--output-dir", str(tmp_path / "nowhere")) == 404
